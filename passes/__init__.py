@@ -1,0 +1,14 @@
+"""The rewrite rules, installed as ``reparam.passes``.
+
+``DEFAULT_RULES`` is the order the driver tries them on each node.
+"""
+from .bn_branch import bn_branch_to_conv
+from .cleanup import drop_identity, remove_dead
+from .conv_bn import fold_conv_bn
+from .parallel_add import merge_parallel_branches
+
+DEFAULT_RULES = [drop_identity, fold_conv_bn, bn_branch_to_conv, merge_parallel_branches,
+                 remove_dead]
+
+__all__ = ["DEFAULT_RULES", "bn_branch_to_conv", "drop_identity", "fold_conv_bn",
+           "merge_parallel_branches", "remove_dead"]

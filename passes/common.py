@@ -1,0 +1,61 @@
+"""Helpers shared by the rules: node -> kernel, Add trees, small graph queries."""
+from __future__ import annotations
+
+import numpy as np
+
+from reparam import kernel
+from reparam.ir import Graph, Node
+from reparam.kernel import Conv, Refusal
+
+
+def conv_kernel(node: Node) -> Conv | Refusal:
+    """The canonical conv of a ``conv`` node, or why it may not be folded."""
+    why = node.attrs.get("refuse")
+    return Refusal(f"{node.name}: {why}") if why else node.attrs["kernel"]
+
+
+def bn_kernel(node: Node, ndim: int | None = None) -> Conv | Refusal:
+    """A ``bn`` node as a depthwise 1x..x1 conv (see :func:`reparam.kernel.from_bn`)."""
+    a = node.attrs
+    if a.get("refuse"):
+        return Refusal(f"{node.name}: {a['refuse']}")
+    ndim = ndim or a.get("ndim")
+    if not ndim:
+        return Refusal(f"{node.name}: spatial rank of the BatchNorm input is unknown")
+    stats = [a["mean"], a["var"], a["weight"], a["bias"]]
+    if not all(np.isfinite(s).all() for s in stats):
+        return Refusal(f"{node.name}: BatchNorm statistics or parameters are not finite")
+    if np.any(a["var"] + a["eps"] <= 0):
+        return Refusal(f"{node.name}: BatchNorm variance + eps is not positive")
+    return kernel.from_bn(a["mean"], a["var"], a["weight"], a["bias"], a["eps"], ndim)
+
+
+def other_users(node: Node, user: Node) -> list[str]:
+    """Names of nodes other than ``user`` that read ``node``."""
+    return sorted({u.name for u in node.users if u is not user})
+
+
+def is_inner_add(node: Node) -> bool:
+    """An Add whose only use is one operand of another Add: part of a bigger tree."""
+    return len(node.users) == 1 and node.users[0].op == "add"
+
+
+def add_leaves(root: Node) -> list[Node]:
+    """Operands of the Add tree under ``root``, inner single-use Adds expanded."""
+    leaves = []
+    for i in root.inputs:
+        leaves.extend(add_leaves(i) if i.op == "add" and is_inner_add(i) else [i])
+    return leaves
+
+
+def add_root(node: Node) -> Node:
+    """The outermost Add of the tree that ``node`` (an Add) belongs to."""
+    while is_inner_add(node):
+        node = node.users[0]
+    return node
+
+
+def new_conv(graph: Graph, source: Node, conv: Conv, like: Node, before: Node) -> Node:
+    """Insert a conv node reading ``source``, named and typed after the node ``like``."""
+    attrs = {k: like.attrs[k] for k in ("dtype", "device") if k in like.attrs}
+    return graph.add("conv", [source], {"kernel": conv, **attrs}, name=like.name, before=before)

@@ -1,0 +1,33 @@
+"""Conv followed by BatchNorm -> one conv."""
+from __future__ import annotations
+
+from reparam import kernel
+from reparam.kernel import Refusal
+from reparam.rewrite import rule
+
+from .common import bn_kernel, conv_kernel, new_conv, other_users
+
+
+@rule("bn")
+def fold_conv_bn(graph, bn):
+    """Conv -> BatchNorm(inference) becomes one conv.
+
+    With ``a = gamma / sqrt(var + eps)``: ``W'[o] = a[o] W[o]`` and
+    ``b'[o] = a[o] (b[o] - mean[o]) + beta[o]``; BN is pointwise, so this is
+    :func:`reparam.kernel.compose` with no padding on the second conv: exact.
+    Refused when the conv's output is read by anything else (the conv would
+    have to stay, so nothing is saved).
+    """
+    conv = bn.inputs[0]
+    if conv.op != "conv":
+        return None
+    k = conv_kernel(conv)
+    if not k:
+        return k
+    scale = bn_kernel(bn, k.ndim)
+    if not scale:
+        return scale
+    if len(conv.users) > 1:
+        return Refusal(f"conv {conv.name} output is also read by {', '.join(other_users(conv, bn))}")
+    graph.replace(bn, new_conv(graph, conv.inputs[0], kernel.compose(k, scale), conv, before=bn))
+    return True

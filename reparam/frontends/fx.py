@@ -1,0 +1,239 @@
+"""torch.fx frontend: lift a traced ``nn.Module`` into the IR and lower it back.
+
+Lifting reads each fx node: ``nn.ConvNd`` calls become ``conv`` nodes (weights
+in float64), ``nn.BatchNormNd`` calls ``bn`` nodes (running statistics),
+tensor additions ``add``, ``nn.Identity`` ``identity``; every other node is
+opaque and keeps its fx node as ``origin``. Lowering builds a new fx graph:
+original nodes are copied as they were (with inputs remapped), new ``conv``
+nodes become fresh ``nn.ConvNd`` modules named after the module they came
+from, new ``add`` nodes ``operator.add`` calls.
+"""
+from __future__ import annotations
+
+import operator
+
+import numpy as np
+import torch
+from torch import fx, nn
+
+from ..ir import Graph, Node
+from ..kernel import Conv
+
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_BNS = {nn.BatchNorm1d: 1, nn.BatchNorm2d: 2, nn.BatchNorm3d: 3}
+_ADDS = (operator.add, torch.add)
+
+
+def _np(t: torch.Tensor | None, n: int, fill: float) -> np.ndarray:
+    if t is None:
+        return np.full(n, fill)
+    return t.detach().to("cpu", torch.float64).numpy().copy()
+
+
+def _conv_pads(m: nn.Module) -> tuple[tuple[int, int], ...]:
+    nd = len(m.kernel_size)
+    if m.padding == "valid":
+        return ((0, 0),) * nd
+    if m.padding == "same":  # torch puts the odd extra pad at the end
+        total = [d * (k - 1) for d, k in zip(m.dilation, m.kernel_size)]
+        return tuple((t // 2, t - t // 2) for t in total)
+    return tuple((p, p) for p in m.padding)
+
+
+def lift_conv(m: nn.Module) -> dict:
+    kernel = Conv(_np(m.weight, 0, 0), _np(m.bias, m.out_channels, 0.0), m.stride,
+                  _conv_pads(m), m.dilation, m.groups)
+    attrs = {"kernel": kernel, "dtype": m.weight.dtype, "device": m.weight.device}
+    if m.padding_mode != "zeros":
+        attrs["refuse"] = f"padding_mode={m.padding_mode!r} is not zero padding"
+    return attrs
+
+
+def lift_bn(m: nn.Module, ndim: int) -> dict:
+    c = m.num_features
+    ref = next((t for t in (m.running_mean, m.weight) if t is not None), None)
+    attrs = {"ndim": ndim, "eps": float(m.eps), "weight": _np(m.weight, c, 1.0),
+             "bias": _np(m.bias, c, 0.0)}
+    if ref is not None:
+        attrs.update(dtype=ref.dtype, device=ref.device)
+    if m.running_mean is None or m.running_var is None:
+        attrs["refuse"] = ("BatchNorm has no running statistics (track_running_stats=False): "
+                           "it normalises with batch statistics at inference")
+    else:
+        attrs["mean"], attrs["var"] = _np(m.running_mean, c, 0), _np(m.running_var, c, 1)
+    return attrs
+
+
+def _classify(node: fx.Node, modules: dict) -> tuple[str, dict]:
+    """IR op and attrs for one fx node."""
+    if node.op == "call_module":
+        m = modules[node.target]
+        if isinstance(m, _CONVS):
+            return "conv", lift_conv(m)
+        for cls, nd in _BNS.items():
+            if isinstance(m, cls):
+                return "bn", lift_bn(m, nd)
+        if isinstance(m, nn.Identity):
+            return "identity", {}
+        return type(m).__name__, {}
+    tensors = [a for a in node.args if isinstance(a, fx.Node)]
+    is_add = ((node.op == "call_function" and node.target in _ADDS)
+              or (node.op == "call_method" and node.target == "add"))
+    if is_add and len(node.args) == 2 and len(tensors) == 2 and not node.kwargs:
+        return "add", {}
+    if node.op in ("call_function", "call_method"):
+        return getattr(node.target, "__name__", str(node.target)), {}
+    return node.op, {}
+
+
+def lift(gm: fx.GraphModule) -> Graph:
+    """The IR of ``gm``'s graph; every node keeps its fx node as ``origin``."""
+    modules = dict(gm.named_modules())
+    graph = Graph()
+    ir_of: dict[fx.Node, Node] = {}
+    for node in gm.graph.nodes:
+        op, attrs = _classify(node, modules)
+        fx_inputs = list(node.all_input_nodes)
+        if op in ("conv", "bn", "identity"):
+            fx_inputs = [node.args[0]]
+        attrs["fx_inputs"] = fx_inputs
+        name = node.target if node.op == "call_module" else node.name
+        ir_of[node] = graph.add(op, [ir_of[i] for i in fx_inputs], attrs, name, origin=node)
+    return graph
+
+
+def conv_module(conv: Conv, dtype, device) -> nn.Module:
+    """A ``nn.ConvNd`` computing ``conv`` (symmetric padding; see :func:`lower`)."""
+    cls = _CONVS[conv.ndim - 1]
+    m = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+            tuple(b for b, _ in conv.pads), conv.dilation, conv.groups, bias=True,
+            device=device, dtype=dtype)
+    with torch.no_grad():
+        m.weight.copy_(torch.from_numpy(conv.weight))
+        m.bias.copy_(torch.from_numpy(conv.bias))
+    return m
+
+
+def _set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
+    *parents, leaf = path.split(".")
+    for p in parents:
+        if not hasattr(root, p):
+            root.add_module(p, nn.Module())
+        root = getattr(root, p)
+    root.add_module(leaf, module)
+
+
+def _free_name(name: str, taken: set[str]) -> str:
+    """``name`` unless a surviving module uses it (or nests under it); then ``name_1``, ..."""
+    def clash(n):
+        return n in taken or any(t.startswith(n + ".") or n.startswith(t + ".") for t in taken)
+    candidate, i = name, 0
+    while clash(candidate):
+        i += 1
+        candidate = f"{name}_{i}"
+    return candidate
+
+
+def lower(graph: Graph, root: nn.Module, class_name: str) -> fx.GraphModule:
+    """Build a GraphModule from ``graph``; ``root`` holds the modules origins refer to."""
+    out = fx.Graph()
+    value: dict[Node, fx.Node] = {}
+    taken = {n.origin.target for n in graph.nodes
+             if n.origin is not None and n.origin.op in ("call_module", "get_attr")}
+    for node in graph.nodes:
+        if node.origin is not None:
+            remap = dict(zip(node.attrs["fx_inputs"], (value[i] for i in node.inputs)))
+            value[node] = out.node_copy(node.origin, lambda n: remap[n])
+        elif node.op == "conv":
+            value[node] = _emit_conv(out, node, value[node.inputs[0]], root, taken)
+        elif node.op == "add":
+            acc = value[node.inputs[0]]
+            for i in node.inputs[1:]:
+                acc = out.call_function(operator.add, (acc, value[i]))
+            value[node] = acc
+        else:
+            raise NotImplementedError(f"cannot lower new node {node}")
+    out.lint()
+    gm = fx.GraphModule(root, out, class_name=class_name)
+    return gm.eval()
+
+
+def _emit_conv(out: fx.Graph, node: Node, x: fx.Node, root: nn.Module, taken: set) -> fx.Node:
+    conv: Conv = node.attrs["kernel"]
+    name = _free_name(node.name, taken)
+    taken.add(name)
+    like = node.attrs.get("dtype") or torch.float32
+    device = node.attrs.get("device")
+    if any(b != e for b, e in conv.pads):  # asymmetric: explicit pad, then a conv without
+        flat = [p for b, e in reversed(conv.pads) for p in (b, e)]
+        x = out.call_function(torch.nn.functional.pad, (x, flat))
+        conv = conv.replace(pads=((0, 0),) * conv.ndim)
+    _set_submodule(root, name, conv_module(conv, like, device))
+    return out.call_module(name, (x,))
+
+
+# --- the whole torch path -------------------------------------------------------
+
+#: default verification tolerance, relative to max|reference|, per dtype
+RTOL = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
+
+
+def fuse_module(model: nn.Module, rules, example_inputs=None, rtol: float | None = None):
+    """Trace a copy of ``model``, rewrite it with ``rules``; returns ``(GraphModule, Report)``."""
+    import copy
+    import warnings
+
+    from ..errors import TraceError
+    from ..rewrite import run
+
+    notes = []
+    if model.training:
+        msg = ("model is in training mode: folding uses BatchNorm running statistics "
+               "(inference semantics); the fused model is returned in eval mode")
+        warnings.warn(msg, UserWarning, stacklevel=3)
+        notes.append("note: " + msg)
+    work = copy.deepcopy(model).eval()
+    try:
+        traced = fx.symbolic_trace(work)
+    except Exception as e:  # the tracer raises many kinds; report them as one
+        raise TraceError(f"torch.fx could not trace {type(model).__name__}: {e}") from e
+    graph = lift(traced)
+    report = run(graph, rules)
+    report.notes.extend(notes)
+    fused = lower(graph, traced, type(model).__name__)
+    if example_inputs is not None:
+        verify(work, fused, example_inputs, rtol)
+    return fused, report
+
+
+def verify(reference: nn.Module, fused: nn.Module, example_inputs, rtol: float | None = None):
+    """Raise VerificationError unless ``fused`` matches ``reference`` on ``example_inputs``.
+
+    Each output must satisfy ``max|fused - ref| <= rtol * max|ref|`` (``rtol``
+    defaults to :data:`RTOL` for the output's dtype). Returns the worst ratio.
+    """
+    from torch.utils._pytree import tree_flatten
+
+    from ..errors import VerificationError
+
+    args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    with torch.no_grad():
+        ref, _ = tree_flatten(reference.eval()(*args))
+        got, _ = tree_flatten(fused.eval()(*args))
+    if len(ref) != len(got):
+        raise VerificationError(f"fused model returns {len(got)} outputs, original {len(ref)}")
+    worst = 0.0
+    for i, (r, g) in enumerate(zip(ref, got)):
+        if not isinstance(r, torch.Tensor):
+            continue
+        if r.shape != g.shape:
+            raise VerificationError(f"output {i}: shape {tuple(g.shape)} != {tuple(r.shape)}")
+        tol = rtol if rtol is not None else RTOL.get(r.dtype, 1e-4)
+        scale = r.abs().max().item() if r.numel() else 0.0
+        diff = (g.double() - r.double()).abs().max().item() if r.numel() else 0.0
+        ratio = diff / scale if scale else diff
+        if not ratio <= tol:  # also catches NaN
+            raise VerificationError(f"output {i}: max|diff| = {diff:.3g} is {ratio:.3g} of "
+                                    f"max|ref| = {scale:.3g}, above the tolerance {tol:g}")
+        worst = max(worst, ratio)
+    return worst

@@ -1,0 +1,358 @@
+"""Kernel algebra: exact re-parameterization of linear layers as convolutions.
+
+Pure numpy, float64; imports neither torch nor onnx. Every layer that a rewrite
+folds is first written as a :class:`Conv` in canonical form::
+
+    y[n, o, i] = bias[o] + sum_{c in group(o), t} weight[o, c', t] * xpad[n, c, s*i + d*t]
+
+where ``xpad`` is the input zero-padded by ``pads[k] = (begin, end)`` in every
+spatial dimension ``k``, ``s`` the stride, ``d`` the dilation and ``c'`` the index
+of input channel ``c`` inside its group. Operations build such convs
+(:func:`from_bn`, :func:`identity`, :func:`avgpool`) or combine them
+(:func:`pad`, :func:`add`, :func:`compose`). Each one states when it is exact;
+when that condition does not hold it returns a :class:`Refusal` with the reason
+instead of an approximate conv. No operation mutates its arguments.
+
+Notation used in the docstrings: for one spatial dimension a conv reads the
+input offsets ``-begin + d*t`` (``t = 0..k-1``) around ``s*i``; its *reach*
+``n = begin + end - d*(k-1)`` fixes the output length ``floor((L + n - 1)/s) + 1``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import reduce
+
+import numpy as np
+
+__all__ = [
+    "Conv", "Refusal", "from_bn", "identity", "avgpool", "pad", "pad_to",
+    "add", "compose", "scale_channels", "regroup",
+]
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why an operation would not be exact; returned instead of a result."""
+
+    reason: str
+
+    def __bool__(self) -> bool:  # a refusal is never a usable result
+        return False
+
+
+@dataclass(frozen=True, eq=False)
+class Conv:
+    """A convolution in canonical form (see module docstring).
+
+    ``weight`` has shape ``(out, in/groups, *kernel)``; ``bias`` shape ``(out,)``;
+    ``stride``, ``dilation`` and ``pads`` have one entry per spatial dimension,
+    ``pads[k] = (begin, end)`` zero padding.
+    """
+
+    weight: np.ndarray
+    bias: np.ndarray
+    stride: tuple[int, ...]
+    pads: tuple[tuple[int, int], ...]
+    dilation: tuple[int, ...]
+    groups: int = 1
+
+    def __post_init__(self):
+        w = np.asarray(self.weight, dtype=np.float64)
+        b = np.asarray(self.bias, dtype=np.float64).reshape(-1)
+        object.__setattr__(self, "weight", w)
+        object.__setattr__(self, "bias", b)
+        nd = w.ndim - 2
+        if nd < 1:
+            raise ValueError(f"conv weight needs at least 3 dims, got shape {w.shape}")
+        if b.shape != (w.shape[0],):
+            raise ValueError(f"bias shape {b.shape} does not match {w.shape[0]} output channels")
+        for name in ("stride", "dilation"):
+            v = tuple(int(x) for x in getattr(self, name))
+            if len(v) != nd or min(v) < 1:
+                raise ValueError(f"{name} {v} invalid for a {nd}-d conv")
+            object.__setattr__(self, name, v)
+        pads = tuple((int(a), int(b_)) for a, b_ in self.pads)
+        if len(pads) != nd or min(min(p) for p in pads) < 0:
+            raise ValueError(f"pads {pads} invalid for a {nd}-d conv")
+        object.__setattr__(self, "pads", pads)
+        if self.groups < 1 or w.shape[0] % self.groups:
+            raise ValueError(f"{w.shape[0]} output channels not divisible by groups={self.groups}")
+
+    # --- derived properties -------------------------------------------------
+    @property
+    def ndim(self) -> int:
+        return self.weight.ndim - 2
+
+    @property
+    def out_channels(self) -> int:
+        return self.weight.shape[0]
+
+    @property
+    def in_channels(self) -> int:
+        return self.weight.shape[1] * self.groups
+
+    @property
+    def kernel_size(self) -> tuple[int, ...]:
+        return tuple(self.weight.shape[2:])
+
+    @property
+    def reach(self) -> tuple[int, ...]:
+        """Per dimension ``begin + end - d*(k-1)``: equal reach and stride, equal output length."""
+        return tuple(b + e - d * (k - 1)
+                     for (b, e), d, k in zip(self.pads, self.dilation, self.kernel_size))
+
+    @property
+    def macs_per_pixel(self) -> int:
+        """Multiply-adds per output position (all output channels)."""
+        return int(np.prod(self.weight.shape))
+
+    @property
+    def params(self) -> int:
+        return int(self.weight.size + self.bias.size)
+
+    def replace(self, **changes) -> "Conv":
+        fields = dict(weight=self.weight, bias=self.bias, stride=self.stride,
+                      pads=self.pads, dilation=self.dilation, groups=self.groups)
+        fields.update(changes)
+        return Conv(**fields)
+
+
+def _pointwise(ndim: int):
+    return dict(stride=(1,) * ndim, pads=((0, 0),) * ndim, dilation=(1,) * ndim)
+
+
+def from_bn(mean, var, weight, bias, eps: float, ndim: int = 2) -> Conv:
+    """BatchNorm with inference statistics as a depthwise 1x..x1 conv.
+
+    ``y = (x - mean) / sqrt(var + eps) * weight + bias`` is, per channel,
+    ``y = a*x + b`` with ``a = weight/sqrt(var+eps)`` and ``b = bias - mean*a``.
+    Exact for any input (it is the same affine map; only rounding differs).
+    The caller must check that the statistics are finite and ``var + eps > 0``.
+    """
+    mean, var, weight, bias = (np.asarray(v, dtype=np.float64).reshape(-1)
+                               for v in (mean, var, weight, bias))
+    a = weight / np.sqrt(var + eps)
+    c = a.size
+    return Conv(a.reshape((c, 1) + (1,) * ndim), bias - mean * a, groups=c, **_pointwise(ndim))
+
+
+def scale_channels(scale, shift, ndim: int = 2) -> Conv:
+    """Per-channel affine ``y = scale*x + shift`` as a depthwise 1x..x1 conv. Always exact."""
+    scale = np.asarray(scale, dtype=np.float64).reshape(-1)
+    shift = np.broadcast_to(np.asarray(shift, dtype=np.float64), scale.shape)
+    c = scale.size
+    return Conv(scale.reshape((c, 1) + (1,) * ndim), shift.copy(), groups=c, **_pointwise(ndim))
+
+
+def identity(channels: int, groups: int | None = None, ndim: int = 2) -> Conv:
+    """``y = x`` as a 1x..x1 conv with ``groups`` groups (default depthwise).
+
+    Output channel ``o`` takes input channel ``o``, which is position
+    ``o mod (channels/groups)`` inside its group. Exact for any input.
+    """
+    groups = channels if groups is None else groups
+    if channels % groups:
+        raise ValueError(f"{channels} channels not divisible by groups={groups}")
+    per = channels // groups
+    w = np.zeros((channels, per) + (1,) * ndim)
+    w[(np.arange(channels), np.arange(channels) % per) + (0,) * ndim] = 1.0
+    return Conv(w, np.zeros(channels), groups=groups, **_pointwise(ndim))
+
+
+def avgpool(channels: int, kernel, stride=None, pads=None, count_include_pad: bool = True,
+            ceil_mode: bool = False) -> Conv | Refusal:
+    """Average pooling as a depthwise conv with every weight ``1/prod(kernel)``.
+
+    Exact when no window is normalised by anything but ``prod(kernel)``: that is
+    when padding counts towards the divisor (``count_include_pad``) or there is
+    no padding, and windows never run past the padded input (no ``ceil_mode``).
+    """
+    kernel = tuple(int(k) for k in kernel)
+    nd = len(kernel)
+    stride = kernel if stride is None else tuple(int(s) for s in stride)
+    pads = ((0, 0),) * nd if pads is None else tuple(tuple(p) for p in pads)
+    if ceil_mode:
+        return Refusal("average pool with ceil_mode has partial windows with a smaller divisor")
+    if not count_include_pad and any(a or b for a, b in pads):
+        return Refusal("average pool excludes padding from its divisor (count_include_pad=0), "
+                       "so border windows are not a fixed kernel")
+    w = np.full((channels, 1) + kernel, 1.0 / math.prod(kernel))
+    return Conv(w, np.zeros(channels), stride, pads, (1,) * nd, groups=channels)
+
+
+def pad(conv: Conv, extra: tuple[tuple[int, int], ...]) -> Conv:
+    """Grow the kernel by ``extra[k] = (before, after)`` zero taps, padding the input as much more.
+
+    Each added tap reads one more padded input position and multiplies it by 0,
+    so outputs and output length (the reach) are unchanged: always exact.
+    """
+    w = np.pad(conv.weight, ((0, 0), (0, 0)) + tuple(extra))
+    pads = tuple((b + d * eb, e + d * ee)
+                 for (b, e), (eb, ee), d in zip(conv.pads, extra, conv.dilation))
+    return conv.replace(weight=w, pads=pads)
+
+
+def pad_to(conv: Conv, kernel_size: tuple[int, ...]) -> Conv | Refusal:
+    """Zero-pad the kernel to ``kernel_size`` keeping its centre (see :func:`pad`).
+
+    Exact; refused when a dimension would need an odd number of added taps,
+    which cannot keep the centre.
+    """
+    extra = []
+    for k, K in zip(conv.kernel_size, kernel_size):
+        if K < k or (K - k) % 2:
+            return Refusal(f"cannot centre a size-{k} kernel in size {K}")
+        extra.append(((K - k) // 2, (K - k) // 2))
+    return pad(conv, tuple(extra))
+
+
+def undilate(conv: Conv, dilation: tuple[int, ...]) -> Conv:
+    """Rewrite ``conv`` with a smaller dilation that divides its own, inserting zero taps.
+
+    A tap ``t`` at dilation ``d`` sits at offset ``d*t = D*(t*d/D)``: the same
+    offsets on a finer grid, the new taps multiply by 0. Always exact.
+    """
+    if tuple(conv.dilation) == tuple(dilation):
+        return conv
+    k_old = conv.kernel_size
+    ratio = [d // D for d, D in zip(conv.dilation, dilation)]
+    if any(d % D for d, D in zip(conv.dilation, dilation)):
+        raise ValueError(f"dilation {dilation} does not divide {conv.dilation}")
+    shape = conv.weight.shape[:2] + tuple((k - 1) * r + 1 for k, r in zip(k_old, ratio))
+    w = np.zeros(shape)
+    w[(slice(None), slice(None)) + tuple(slice(None, None, r) for r in ratio)] = conv.weight
+    return conv.replace(weight=w, dilation=tuple(dilation))
+
+
+def regroup(conv: Conv, groups: int) -> Conv:
+    """Rewrite ``conv`` with fewer groups, ``groups`` dividing ``conv.groups``.
+
+    The weight is scattered into a block-diagonal one with zeros between the
+    old groups: output channel ``o`` still reads exactly its old inputs. Always exact.
+    """
+    g = conv.groups
+    if g == groups:
+        return conv
+    if g % groups:
+        raise ValueError(f"groups={groups} does not divide {g}")
+    O, ipg = conv.weight.shape[:2]
+    opg = O // g
+    new_ipg = conv.in_channels // groups
+    w = np.zeros((O, new_ipg) + conv.kernel_size)
+    for j in range(g):  # old group j lands at this column offset within its new group
+        col = (j % (g // groups)) * ipg
+        w[j * opg:(j + 1) * opg, col:col + ipg] = conv.weight[j * opg:(j + 1) * opg]
+    return conv.replace(weight=w, groups=groups)
+
+
+def _squash_trivial_dilation(conv: Conv, dilation) -> Conv:
+    """Dilation of a size-1 kernel dimension has no effect: set it to ``dilation``."""
+    dil = tuple(D if k == 1 else d for d, D, k in zip(conv.dilation, dilation, conv.kernel_size))
+    return conv.replace(dilation=dil)
+
+
+def add(*convs: Conv) -> Conv | Refusal:
+    """One conv equal to the sum of ``convs`` applied to the same input.
+
+    Kernels are brought to a common dilation (the gcd, inserting zero taps), to
+    a common number of groups (the gcd, block-diagonal expansion), and placed
+    on one grid of input offsets from ``-max(begin)`` on; weights and biases add.
+    Exact when all convs share in/out channels and stride and have equal
+    *reach* in every dimension (then their outputs have the same length for
+    every input length and line up position by position). Refused otherwise:
+    branches whose outputs line up only for some input sizes are not folded.
+    """
+    if not convs:
+        raise ValueError("add needs at least one conv")
+    first = convs[0]
+    for c in convs[1:]:
+        if c.ndim != first.ndim:
+            return Refusal("branches have different numbers of spatial dimensions")
+        if (c.in_channels, c.out_channels) != (first.in_channels, first.out_channels):
+            return Refusal(f"branches map {c.in_channels}->{c.out_channels} and "
+                           f"{first.in_channels}->{first.out_channels} channels")
+        if c.stride != first.stride:
+            return Refusal(f"branches have different strides {first.stride} and {c.stride}")
+        if c.reach != first.reach:
+            return Refusal(f"misaligned branch padding: pads {first.pads} with kernel "
+                           f"{first.kernel_size} and pads {c.pads} with kernel {c.kernel_size} "
+                           "produce equal output sizes only for some inputs")
+    nd = first.ndim
+    begin = [max(c.pads[k][0] for c in convs) for k in range(nd)]
+    # one grid of input offsets holding every tap of every branch: step = gcd of
+    # the dilations (where the kernel is >1) and of the shifts between branches
+    grid = tuple(reduce(math.gcd, [c.dilation[k] for c in convs if c.kernel_size[k] > 1]
+                        + [begin[k] - c.pads[k][0] for c in convs]) or 1 for k in range(nd))
+    groups = reduce(math.gcd, (c.groups for c in convs))
+    convs = [regroup(undilate(_squash_trivial_dilation(c, grid), grid), groups) for c in convs]
+    shift = [[(begin[k] - c.pads[k][0]) // grid[k] for k in range(nd)] for c in convs]
+    size = [max(s[k] + c.kernel_size[k] for s, c in zip(shift, convs)) for k in range(nd)]
+    grown = [pad(c, tuple((s[k], size[k] - s[k] - c.kernel_size[k]) for k in range(nd)))
+             for c, s in zip(convs, shift)]
+    return grown[0].replace(weight=sum(g.weight for g in grown), bias=sum(g.bias for g in grown))
+
+
+def compose(first: Conv, second: Conv) -> Conv | Refusal:
+    """One conv equal to ``second(first(x))``.
+
+    With ``s1, d1, k1`` of ``first`` and ``s2, d2, k2`` of ``second``, the
+    result reads input offsets ``d1*t1 + s1*d2*t2``, has stride ``s1*s2``,
+    groups ``gcd(g1, g2)`` and bias ``second(first.bias)``; its padding is
+    ``first``'s plus ``s1`` times ``second``'s.
+
+    Exact when ``second`` has no padding (every position it reads is a real
+    output of ``first``). When ``second`` pads, the intermediate's padded
+    positions are zeros, while the composed conv would see ``first`` applied to
+    padding there; the two agree only when ``first`` is pointwise (kernel 1,
+    no padding) and has zero bias. Otherwise refused: the intermediate's bias
+    would leak through ``second``'s zero padding.
+    """
+    if first.out_channels != second.in_channels:
+        return Refusal(f"channel mismatch: {first.out_channels} feeds {second.in_channels}")
+    if first.ndim != second.ndim:
+        return Refusal("convs have different numbers of spatial dimensions")
+    second_pads = any(a or b for a, b in second.pads)
+    if second_pads:
+        pointwise = all(k == 1 for k in first.kernel_size) and not any(
+            a or b for a, b in first.pads)
+        if not pointwise:
+            return Refusal("second conv's zero padding would see the first conv's "
+                           "border outputs, not zeros")
+        if np.any(first.bias != 0):
+            return Refusal("first conv's bias would leak through the second conv's zero padding")
+    nd = first.ndim
+    s1, d1, d2 = first.stride, first.dilation, second.dilation
+    # taps of first at d1*t1, of second at s1*d2*t2: common grid step D
+    step2 = tuple(s * d for s, d in zip(s1, d2))
+    grid = tuple(math.gcd(d1[k] if first.kernel_size[k] > 1 else 0,
+                          step2[k] if second.kernel_size[k] > 1 else 0) or 1 for k in range(nd))
+    groups = math.gcd(first.groups, second.groups)
+    a = regroup(first, groups)
+    b = regroup(second, groups)
+    k1, k2 = a.kernel_size, b.kernel_size
+    size = tuple((d1[k] * (k1[k] - 1) + step2[k] * (k2[k] - 1)) // grid[k] + 1 for k in range(nd))
+    O, M = b.out_channels, a.out_channels
+    A = a.weight.reshape((groups, M // groups) + a.weight.shape[1:])  # (G, mpg, ipg, *k1)
+    B = b.weight.reshape((groups, O // groups) + b.weight.shape[1:])  # (G, opg, mpg, *k2)
+    w = np.zeros((groups, O // groups, A.shape[2]) + size)
+    for t2 in np.ndindex(*k2):
+        for t1 in np.ndindex(*k1):
+            pos = tuple((step2[k] * t2[k] + d1[k] * t1[k]) // grid[k] for k in range(nd))
+            w[(Ellipsis,) + pos] += np.einsum("gom,gmi->goi", B[(Ellipsis,) + t2], A[(Ellipsis,) + t1])
+    w = w.reshape((O,) + w.shape[2:])
+    bias = b.bias + _apply_to_constant(b, a.bias)
+    pads = tuple((p1b + s * p2b, p1e + s * p2e)
+                 for (p1b, p1e), (p2b, p2e), s in zip(a.pads, b.pads, s1))
+    return Conv(w, bias, tuple(x * y for x, y in zip(s1, second.stride)), pads, grid, groups)
+
+
+def _apply_to_constant(conv: Conv, value: np.ndarray) -> np.ndarray:
+    """Weights of ``conv`` applied (no bias) to a spatially constant input ``value`` per channel."""
+    taps = conv.weight.sum(axis=tuple(range(2, conv.weight.ndim)))  # (O, ipg)
+    opg = conv.out_channels // conv.groups
+    ipg = conv.weight.shape[1]
+    out = np.empty(conv.out_channels)
+    for j in range(conv.groups):
+        out[j * opg:(j + 1) * opg] = taps[j * opg:(j + 1) * opg] @ value[j * ipg:(j + 1) * ipg]
+    return out
