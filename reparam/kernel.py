@@ -322,6 +322,10 @@ def compose(first: Conv, second: Conv) -> Conv | Refusal:
         if np.any(first.bias != 0):
             return Refusal("first conv's bias would leak through the second conv's zero padding")
     nd = first.ndim
+    if _is_channel_scale(second):  # the common conv -> BN case: scale output channels
+        a = second.weight.reshape(-1)
+        shape = (-1,) + (1,) * (first.weight.ndim - 1)
+        return first.replace(weight=first.weight * a.reshape(shape), bias=first.bias * a + second.bias)
     s1, d1, d2 = first.stride, first.dilation, second.dilation
     # taps of first at d1*t1, of second at s1*d2*t2: common grid step D
     step2 = tuple(s * d for s, d in zip(s1, d2))
@@ -345,6 +349,13 @@ def compose(first: Conv, second: Conv) -> Conv | Refusal:
     pads = tuple((p1b + s * p2b, p1e + s * p2e)
                  for (p1b, p1e), (p2b, p2e), s in zip(a.pads, b.pads, s1))
     return Conv(w, bias, tuple(x * y for x, y in zip(s1, second.stride)), pads, grid, groups)
+
+
+def _is_channel_scale(conv: Conv) -> bool:
+    """A depthwise 1x..x1 conv with stride 1 and no padding: ``y[c] = w[c] x[c] + b[c]``."""
+    return (conv.groups == conv.out_channels == conv.in_channels
+            and all(k == 1 for k in conv.kernel_size) and all(s == 1 for s in conv.stride)
+            and not any(a or b for a, b in conv.pads))
 
 
 def _apply_to_constant(conv: Conv, value: np.ndarray) -> np.ndarray:

@@ -10,7 +10,10 @@ from, new ``add`` nodes ``operator.add`` calls.
 """
 from __future__ import annotations
 
+import contextlib
+import copy
 import operator
+import warnings
 
 import numpy as np
 import torch
@@ -27,7 +30,10 @@ _ADDS = (operator.add, torch.add)
 def _np(t: torch.Tensor | None, n: int, fill: float) -> np.ndarray:
     if t is None:
         return np.full(n, fill)
-    return t.detach().to("cpu", torch.float64).numpy().copy()
+    t = t.detach()
+    if t.device.type != "cpu" or t.dtype not in (torch.float16, torch.float32, torch.float64):
+        t = t.to("cpu", torch.float64)
+    return t.numpy().astype(np.float64)  # a copy: never a view of the model's memory
 
 
 def _conv_pads(m: nn.Module) -> tuple[tuple[int, int], ...]:
@@ -104,23 +110,32 @@ def lift(gm: fx.GraphModule) -> Graph:
 
 def conv_module(conv: Conv, dtype, device) -> nn.Module:
     """A ``nn.ConvNd`` computing ``conv`` (symmetric padding; see :func:`lower`)."""
-    cls = _CONVS[conv.ndim - 1]
-    m = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
-            tuple(b for b, _ in conv.pads), conv.dilation, conv.groups, bias=True,
-            device=device, dtype=dtype)
-    with torch.no_grad():
-        m.weight.copy_(torch.from_numpy(conv.weight))
-        m.bias.copy_(torch.from_numpy(conv.bias))
+    m = _CONVS[conv.ndim - 1](  # built on the meta device: no memory, no random init
+        conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+        tuple(b for b, _ in conv.pads), conv.dilation, conv.groups, bias=True, device="meta")
+    m.weight = nn.Parameter(_tensor(conv.weight, dtype, device))
+    m.bias = nn.Parameter(_tensor(conv.bias, dtype, device))
     return m
 
 
-def _set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
-    *parents, leaf = path.split(".")
-    for p in parents:
+def _tensor(a: np.ndarray, dtype: torch.dtype, device) -> torch.Tensor:
+    """float64 ``a`` as a tensor of ``dtype`` (rounded by numpy where it can)."""
+    np_dtype = {torch.float32: np.float32, torch.float16: np.float16, torch.float64: np.float64}
+    if dtype in np_dtype:
+        t = torch.from_numpy(np.ascontiguousarray(a, dtype=np_dtype[dtype]))
+    else:
+        t = torch.from_numpy(np.ascontiguousarray(a)).to(dtype)
+    return t if device is None or torch.device(device).type == "cpu" else t.to(device)
+
+
+def _parent(root: nn.Module, target: str) -> tuple[nn.Module, str]:
+    """The module that holds ``target`` (created empty along the way) and the leaf name."""
+    *path, leaf = target.split(".")
+    for p in path:
         if not hasattr(root, p):
             root.add_module(p, nn.Module())
         root = getattr(root, p)
-    root.add_module(leaf, module)
+    return root, leaf
 
 
 def _free_name(name: str, taken: set[str]) -> str:
@@ -134,12 +149,38 @@ def _free_name(name: str, taken: set[str]) -> str:
     return candidate
 
 
-def lower(graph: Graph, root: nn.Module, class_name: str) -> fx.GraphModule:
-    """Build a GraphModule from ``graph``; ``root`` holds the modules origins refer to."""
+def _copy_targets(source: nn.Module, targets: set[str]) -> nn.Module:
+    """A new module holding deep copies of ``source``'s attributes at ``targets``.
+
+    One memo serves all copies, so what ``source`` shares stays shared.
+    Submodules, parameters and buffers keep their kind.
+    """
+    root, memo = nn.Module(), {}
+    for target in sorted(targets):
+        owner, leaf = _parent(source, target)
+        value = copy.deepcopy(getattr(owner, leaf), memo)
+        parent, _ = _parent(root, target)
+        if isinstance(value, nn.Module):
+            parent.add_module(leaf, value)
+        elif leaf in owner._buffers:
+            persistent = leaf not in owner._non_persistent_buffers_set
+            parent.register_buffer(leaf, value, persistent=persistent)
+        else:
+            setattr(parent, leaf, value)
+    return root
+
+
+def lower(graph: Graph, source: nn.Module, class_name: str) -> fx.GraphModule:
+    """Build an eval-mode GraphModule from ``graph``.
+
+    Nodes with an origin are copied from ``source``'s graph, with copies of the
+    modules and attributes they use; new nodes get new modules.
+    """
     out = fx.Graph()
     value: dict[Node, fx.Node] = {}
     taken = {n.origin.target for n in graph.nodes
              if n.origin is not None and n.origin.op in ("call_module", "get_attr")}
+    root = _copy_targets(source, taken)
     for node in graph.nodes:
         if node.origin is not None:
             remap = dict(zip(node.attrs["fx_inputs"], (value[i] for i in node.inputs)))
@@ -168,7 +209,8 @@ def _emit_conv(out: fx.Graph, node: Node, x: fx.Node, root: nn.Module, taken: se
         flat = [p for b, e in reversed(conv.pads) for p in (b, e)]
         x = out.call_function(torch.nn.functional.pad, (x, flat))
         conv = conv.replace(pads=((0, 0),) * conv.ndim)
-    _set_submodule(root, name, conv_module(conv, like, device))
+    parent, leaf = _parent(root, name)
+    parent.add_module(leaf, conv_module(conv, like, device))
     return out.call_module(name, (x,))
 
 
@@ -178,11 +220,24 @@ def _emit_conv(out: fx.Graph, node: Node, x: fx.Node, root: nn.Module, taken: se
 RTOL = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
 
 
-def fuse_module(model: nn.Module, rules, example_inputs=None, rtol: float | None = None):
-    """Trace a copy of ``model``, rewrite it with ``rules``; returns ``(GraphModule, Report)``."""
-    import copy
-    import warnings
+@contextlib.contextmanager
+def eval_mode(model: nn.Module):
+    """Put ``model`` in eval mode for the duration, then restore every module's flag."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, training in flags:
+            m.training = training
 
+
+def fuse_module(model: nn.Module, rules, example_inputs=None, rtol: float | None = None):
+    """Trace ``model`` (in eval mode), rewrite it with ``rules``; returns ``(GraphModule, Report)``.
+
+    ``model`` is left as it was: the result holds copies of the modules it keeps
+    and new modules for what was folded.
+    """
     from ..errors import TraceError
     from ..rewrite import run
 
@@ -192,17 +247,17 @@ def fuse_module(model: nn.Module, rules, example_inputs=None, rtol: float | None
                "(inference semantics); the fused model is returned in eval mode")
         warnings.warn(msg, UserWarning, stacklevel=3)
         notes.append("note: " + msg)
-    work = copy.deepcopy(model).eval()
-    try:
-        traced = fx.symbolic_trace(work)
-    except Exception as e:  # the tracer raises many kinds; report them as one
-        raise TraceError(f"torch.fx could not trace {type(model).__name__}: {e}") from e
-    graph = lift(traced)
-    report = run(graph, rules)
-    report.notes.extend(notes)
-    fused = lower(graph, traced, type(model).__name__)
-    if example_inputs is not None:
-        verify(work, fused, example_inputs, rtol)
+    with eval_mode(model):
+        try:
+            traced = fx.symbolic_trace(model)
+        except Exception as e:  # the tracer raises many kinds; report them as one
+            raise TraceError(f"torch.fx could not trace {type(model).__name__}: {e}") from e
+        graph = lift(traced)
+        report = run(graph, rules)
+        report.notes.extend(notes)
+        fused = lower(graph, traced, type(model).__name__)
+        if example_inputs is not None:
+            verify(model, fused, example_inputs, rtol)
     return fused, report
 
 
