@@ -61,7 +61,8 @@ def _merge(source, members, root):
     merged = kernel.add(*kernels, *ident)
     if not merged:
         return merged
-    return guard(merged, replaced + add_cost(merged.out_channels, len(members))) or merged
+    too_costly = guard(merged, replaced + add_cost(merged.out_channels, len(members)))
+    return merged if too_costly is None else too_costly
 
 
 @rule("add")
