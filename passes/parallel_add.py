@@ -12,20 +12,17 @@ from .common import add_leaves, conv_kernel, is_inner_add, new_conv, other_users
 def branch_groups(leaves):
     """Group Add operands by the tensor ``X`` they are linear branches of.
 
-    A conv reading ``X`` is a branch of ``X``; ``X`` itself among the operands
-    is an identity branch of ``X`` (when some conv branch reads it). Returns
+    An operand that some conv operand reads is ``X`` itself: an identity branch
+    of ``X``. Any other conv operand is a branch of its input. Returns
     ``{X: [operand, ...]}`` in operand order.
     """
+    sources = {leaf.inputs[0] for leaf in leaves if leaf.op == "conv"}
     groups: dict = {}
     for leaf in leaves:
-        if leaf.op == "conv":
+        if leaf in sources:
+            groups.setdefault(leaf, []).append(leaf)
+        elif leaf.op == "conv":
             groups.setdefault(leaf.inputs[0], []).append(leaf)
-    for leaf in leaves:
-        own = groups.get(leaf.inputs[0]) if leaf.op == "conv" else None
-        if leaf in groups and (own is None or own == [leaf]):
-            if own is not None:
-                del groups[leaf.inputs[0]]
-            groups[leaf].append(leaf)
     return groups
 
 

@@ -11,3 +11,7 @@ class VerificationError(ReparamError):
 
 class TraceError(ReparamError):
     """The model could not be traced into a graph."""
+
+
+class BadInputError(ReparamError):
+    """The input is not a model reparam can read (missing, unparsable, malformed, unsupported)."""

@@ -248,8 +248,8 @@ def fuse_module(model: nn.Module, rules, example_inputs=None, rtol: float | None
         warnings.warn(msg, UserWarning, stacklevel=3)
         notes.append("note: " + msg)
     with eval_mode(model):
-        try:
-            traced = fx.symbolic_trace(model)
+        try:  # a GraphModule already is a graph: re-tracing it would only rename nodes
+            traced = model if isinstance(model, fx.GraphModule) else fx.symbolic_trace(model)
         except Exception as e:  # the tracer raises many kinds; report them as one
             raise TraceError(f"torch.fx could not trace {type(model).__name__}: {e}") from e
         graph = lift(traced)

@@ -1,0 +1,968 @@
+"""ONNX frontend: lift an ONNX model into the IR and lower it back.
+
+Lifting imports the graph with onnx-graphsurgeon after ONNX shape inference
+(so every tensor has the rank and static sizes the model allows) and makes one
+IR node per ONNX node, in the file's order:
+
+=====================  ========================================================
+ONNX                   IR
+=====================  ========================================================
+Conv                   ``conv`` (weight and bias constant; any groups, dilation,
+                       explicit pads, ``auto_pad`` NOTSET/VALID/SAME_*)
+BatchNormalization     ``bn`` (inference form; ``ndim`` = input rank - 2)
+Add, Sum               ``add`` (every operand a computed tensor of one shape)
+Add/Sub/Mul/Div by a   ``bn`` with mean 0, var 1, eps 0 (``y = weight*x + bias``
+per-channel constant   exactly): a layer scale or shift
+Identity               ``identity``
+Pad (constant 0)       ``conv``: identity kernel with the padding
+AveragePool            ``conv``: :func:`reparam.kernel.avgpool`
+anything else          opaque (``op`` is the op type)
+=====================  ========================================================
+
+"Constant" means an initializer, a ``Constant`` node, or a small subgraph of
+those (plus ``Shape``/``CastLike`` of tensors whose shape/type is static), as
+the torch.export exporter writes conv biases. Each lifted kernel owns a fresh
+float64 copy of its weights, so folding never touches a tensor another node
+shares. Operands that are computed tensors become IR inputs; constants do not.
+A node with several outputs is one opaque IR node plus one opaque projection
+node per output, so only single-output nodes can ever be folded.
+
+Every IR node lifted from an ONNX node has ``origin`` = :class:`NodeOrigin`
+(its index in the graph and which input slots are IR inputs). Lowering copies
+that NodeProto byte for byte, only renaming inputs whose producer a rewrite
+replaced; new ``conv``/``add`` nodes become Conv/Add nodes with fresh
+initializers. Then nodes and initializers that only served folded nodes are
+dropped, value_info is re-inferred, and graph inputs, outputs (names, dynamic
+dimensions), opset imports, metadata and every other model field are kept.
+"""
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from onnx import TensorProto, helper, numpy_helper
+
+from .. import kernel
+from ..errors import BadInputError, VerificationError
+from ..ir import Graph, Node
+from ..kernel import Conv, Refusal
+
+#: protobuf cannot serialize a message of 2 GiB or more
+PROTOBUF_LIMIT = 2**31 - 1
+#: initializers at most this many bytes keep their data in the copy used for shape inference
+_SMALL = 4096
+
+_NP_FLOAT = {TensorProto.FLOAT: np.float32, TensorProto.DOUBLE: np.float64,
+             TensorProto.FLOAT16: np.float16}
+_ONNX_OF_NP = {np.dtype(v): k for k, v in _NP_FLOAT.items()}
+
+#: default verification tolerance (relative to max|reference|) per ONNX element type
+RTOL = {TensorProto.FLOAT: 1e-4, TensorProto.DOUBLE: 1e-9, TensorProto.FLOAT16: 1e-2,
+        TensorProto.BFLOAT16: 5e-2}
+
+
+# --- origins ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class NodeOrigin:
+    """IR node lifted from ``graph.node[index]``; ``slots[i]`` is the ONNX input slot
+    (an int) or outer-scope name read by a subgraph (a str) of IR input ``i``."""
+
+    index: int
+    slots: tuple
+
+
+@dataclass(frozen=True)
+class TensorOrigin:
+    """A graph input, or one output of a multi-output node."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class OutputsOrigin:
+    """The sink reading every graph output (so that nothing they need is ever removed)."""
+
+    names: tuple
+
+
+# --- loading, validation, saving ------------------------------------------------------
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0].strip() if text else type(e).__name__
+
+
+def data_size(model: onnx.ModelProto) -> int:
+    """Bytes of tensor data held in the model (initializers and Constant nodes)."""
+    size = sum(t.ByteSize() for t in model.graph.initializer)
+    size += sum(a.t.ByteSize() for n in model.graph.node if n.op_type == "Constant"
+                for a in n.attribute if a.name == "value")
+    return size
+
+
+def uses_external_data(model: onnx.ModelProto) -> bool:
+    return any(t.data_location == TensorProto.EXTERNAL for t in model.graph.initializer)
+
+
+def load(path) -> tuple[onnx.ModelProto, bool]:
+    """Read and validate an ONNX file (and its external data); returns ``(model, external)``."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise BadInputError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise BadInputError(f"{path}: is a directory, not an ONNX file")
+    try:
+        model = onnx.load(path, load_external_data=False)
+    except Exception as e:  # protobuf raises DecodeError, onnx others
+        raise BadInputError(f"{path}: not an ONNX model (cannot parse: {_first_line(e)})") from e
+    external = uses_external_data(model)
+    if external:
+        try:
+            onnx.external_data_helper.load_external_data_for_model(
+                model, os.path.dirname(os.path.abspath(path)))
+        except Exception as e:
+            raise BadInputError(f"{path}: cannot read its external data: {_first_line(e)}") from e
+    validate(model, path)
+    return model, external
+
+
+def validate(model: onnx.ModelProto, what: str = "model") -> None:
+    """Raise BadInputError unless ``model`` is a well-formed ONNX model."""
+    if not isinstance(model, onnx.ModelProto):
+        raise BadInputError(f"{what}: expected an onnx.ModelProto, got {type(model).__name__}")
+    g = model.graph
+    if model.ir_version <= 0 or not model.HasField("graph") or not (len(g.node) or len(g.output)):
+        raise BadInputError(f"{what}: not an ONNX model (no ir_version or empty graph)")
+    if uses_external_data(model):
+        names = [t.name for t in g.initializer if t.data_location == TensorProto.EXTERNAL]
+        raise BadInputError(f"{what}: initializer {names[0]!r} keeps its data in an external file "
+                            "that was not loaded (load the model with its external data)")
+    defined = {i.name for i in g.input} | {t.name for t in g.initializer} | {""}
+    defined |= {t.values.name for t in g.sparse_initializer}
+    for node in g.node:
+        for name in node.input:
+            if name not in defined:
+                label = node.name or node.output[0] if node.output else node.op_type
+                raise BadInputError(
+                    f"{what}: node {label!r} ({node.op_type}) reads {name!r}, which no earlier node, "
+                    "graph input or initializer defines (missing initializer?)")
+        defined.update(node.output)
+    for out in g.output:
+        if out.name not in defined:
+            raise BadInputError(f"{what}: graph output {out.name!r} is not computed by the graph")
+    if data_size(model) < PROTOBUF_LIMIT - (1 << 24):
+        try:
+            onnx.checker.check_model(model)
+        except Exception as e:
+            raise BadInputError(f"{what}: invalid ONNX model: {_first_line(e)}") from e
+
+
+def save(model: onnx.ModelProto, path, external: bool | None = None) -> None:
+    """Write ``model`` to ``path`` atomically (temporary file in the same folder, then rename).
+
+    Tensor data goes to ``<name>.data`` beside it when ``external`` is true, or
+    when ``external`` is None and the model would not fit in one protobuf.
+    Nothing is left at ``path`` (or beside it) when writing fails.
+    """
+    path = os.path.abspath(os.fspath(path))
+    folder, base = os.path.split(path)
+    if external is None:
+        external = data_size(model) >= PROTOBUF_LIMIT - (1 << 24)
+    tmpdir = tempfile.mkdtemp(prefix=".reparam-", dir=folder)
+    try:
+        tmp = os.path.join(tmpdir, base)
+        data_name = base + ".data"
+        if external:
+            work = onnx.ModelProto()
+            work.CopyFrom(model)  # save_as_external_data rewrites the proto it is given
+            onnx.save(work, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
+                      location=data_name, size_threshold=1024)
+            if os.path.exists(os.path.join(tmpdir, data_name)):
+                os.replace(os.path.join(tmpdir, data_name), os.path.join(folder, data_name))
+        else:
+            onnx.save(model, tmp)
+        os.replace(tmp, path)
+    finally:
+        for f in os.listdir(tmpdir):
+            os.unlink(os.path.join(tmpdir, f))
+        os.rmdir(tmpdir)
+
+
+# --- shape inference on a copy without the big tensors ----------------------------------
+
+def _copy_fields(src, dst, skip=()) -> None:
+    for fd, val in src.ListFields():
+        if fd.name in skip:
+            continue
+        if hasattr(val, "extend"):  # repeated field
+            getattr(dst, fd.name).extend(val)
+        elif fd.message_type is not None:
+            getattr(dst, fd.name).CopyFrom(val)
+        else:
+            setattr(dst, fd.name, val)
+
+
+def _light_copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with its large initializers replaced by (unread) external references."""
+    light = onnx.ModelProto()
+    _copy_fields(model, light, skip=("graph",))
+    _copy_fields(model.graph, light.graph, skip=("initializer",))
+    for t in model.graph.initializer:
+        if t.ByteSize() <= _SMALL or t.data_location == TensorProto.EXTERNAL:
+            light.graph.initializer.append(t)
+            continue
+        s = light.graph.initializer.add()
+        s.name, s.data_type = t.name, t.data_type
+        s.dims.extend(t.dims)
+        s.data_location = TensorProto.EXTERNAL
+        e = s.external_data.add()
+        e.key, e.value = "location", "__reparam_shape_inference_only__"
+    return light
+
+
+def infer_value_info(model: onnx.ModelProto) -> list[onnx.ValueInfoProto] | None:
+    """Value infos from ONNX shape inference (None when inference fails)."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(_light_copy(model), data_prop=True)
+    except Exception:
+        return None
+    return list(inferred.graph.value_info)
+
+
+# --- constants --------------------------------------------------------------------------
+
+_EVALUABLE = frozenset({
+    "Constant", "Shape", "Size", "CastLike", "Cast", "Expand", "Reshape", "Unsqueeze",
+    "Squeeze", "Concat", "Identity", "Gather", "Slice", "ConstantOfShape", "Transpose",
+    "Mul", "Add", "Sub", "Div", "Neg", "Sqrt", "Reciprocal", "Range", "Tile", "Flatten"})
+
+
+class _Constants:
+    """Values of tensors computable from constants alone (cached)."""
+
+    def __init__(self, model: onnx.ModelProto, types: dict):
+        self.model = model
+        self.inits = {t.name: t for t in model.graph.initializer}
+        self.producer = {o: n for n in model.graph.node for o in n.output if o}
+        self.types = types  # name -> (elem_type, dims)
+        self.cache: dict[str, np.ndarray | None] = {}
+        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
+
+    def get(self, name: str, depth: int = 0) -> np.ndarray | None:
+        if name in self.cache:
+            return self.cache[name]
+        value = None
+        if name in self.inits:
+            t = self.inits[name]
+            try:
+                value = numpy_helper.to_array(t)
+            except Exception as e:
+                raise BadInputError(f"cannot read initializer {name!r}: {_first_line(e)}") from e
+        elif name in self.producer and depth < 64:
+            value = self._evaluate(self.producer[name], name, depth)
+        self.cache[name] = value
+        return value
+
+    def _evaluate(self, node, name, depth):
+        if node.domain not in ("", "ai.onnx") or node.op_type not in _EVALUABLE:
+            return None
+        feeds = {}
+        for slot, i in enumerate(node.input):
+            if not i:
+                continue
+            v = self.get(i, depth + 1)
+            if v is None and (node.op_type in ("Shape", "Size") and slot == 0
+                              or node.op_type == "CastLike" and slot == 1):
+                elem, dims = self.types.get(i, (0, None))
+                np_t = _NP_FLOAT.get(elem)
+                if np_t is None:
+                    try:
+                        np_t = helper.tensor_dtype_to_np_dtype(elem)
+                    except Exception:
+                        return None
+                if node.op_type == "CastLike":
+                    v = np.empty((0,), np_t)
+                elif dims is not None and all(isinstance(d, int) and d >= 0 for d in dims):
+                    v = np.lib.stride_tricks.as_strided(np.zeros(1, np_t), dims, [0] * len(dims))
+            if v is None:
+                return None
+            feeds[i] = v
+        try:
+            from onnx.reference import ReferenceEvaluator
+            results = ReferenceEvaluator(node, opsets={"": self.opset}).run(None, feeds)
+        except Exception:
+            return None
+        for o, r in zip(node.output, results):
+            self.cache[o] = np.asarray(r)
+        return self.cache.get(name)
+
+
+# --- lifting ------------------------------------------------------------------------------
+
+def _dims(vi) -> tuple:
+    """Dims of a value info: ints, dim_param strings, or None where unknown; None if no rank."""
+    t = vi.type.tensor_type
+    if not t.HasField("shape"):
+        return None
+    return tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                 for d in t.shape.dim)
+
+
+def _same_shape(a, b) -> bool:
+    """Could tensors of dims ``a`` and ``b`` have equal shapes (no broadcasting)?"""
+    if a is None or b is None:
+        return a is b is None
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a, b):
+        if isinstance(x, int) and isinstance(y, int):
+            if x != y:
+                return False
+        elif x == 1 or y == 1:  # a static 1 beside an unknown size: likely broadcasting
+            return False
+    return True
+
+
+def _outer_names(graph_proto) -> set[str]:
+    """Names a subgraph reads from enclosing scopes."""
+    defined = {i.name for i in graph_proto.input} | {t.name for t in graph_proto.initializer}
+    used = set()
+    for n in graph_proto.node:
+        used.update(i for i in n.input if i and i not in defined)
+        for a in n.attribute:
+            for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                used |= _outer_names(sub) - defined
+        defined.update(n.output)
+    return used
+
+
+def _implicit_inputs(node) -> list[str]:
+    names = set()
+    for a in node.attribute:
+        for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+            names |= _outer_names(sub)
+    return sorted(names)
+
+
+class Lifted:
+    """Everything lowering needs besides the IR: the original model and lifting notes."""
+
+    def __init__(self, model, graph, sink, notes):
+        self.model = model
+        self.graph = graph
+        self.sink = sink
+        self.notes = notes
+
+
+class _Lifter:
+    def __init__(self, model: onnx.ModelProto):
+        self.model = model
+        value_info = infer_value_info(model)
+        self.notes: list[str] = []
+        if value_info is None:
+            self.notes.append("note: ONNX shape inference failed on the input; nodes whose rank "
+                              "or channels are unknown are kept as they are")
+            value_info = []
+        self.types = {}
+        g = model.graph
+        for vi in list(g.input) + list(g.output) + list(g.value_info) + value_info:
+            if vi.type.HasField("tensor_type") and vi.name not in self.types:
+                self.types[vi.name] = (vi.type.tensor_type.elem_type, _dims(vi))
+        for t in g.initializer:
+            self.types.setdefault(t.name, (t.data_type, tuple(t.dims)))
+        self.consts = _Constants(model, self.types)
+        # onnx-graphsurgeon view of the same graph, for attributes and tensor metadata
+        added = [vi for vi in value_info if vi.name not in {v.name for v in g.value_info}]
+        n0 = len(g.value_info)
+        g.value_info.extend(added)
+        try:
+            self.gs_graph = gs.import_onnx(model)
+        except Exception as e:
+            raise BadInputError(f"cannot import the graph: {_first_line(e)}") from e
+        finally:
+            del g.value_info[n0:]
+        if len(self.gs_graph.nodes) != len(g.node):
+            raise BadInputError("cannot import the graph: onnx-graphsurgeon saw a different node list")
+
+    # helpers -------------------------------------------------------------------
+    def elem(self, name):
+        return self.types.get(name, (0, None))[0]
+
+    def dims(self, name):
+        return self.types.get(name, (0, None))[1]
+
+    def channels(self, name) -> int | None:
+        d = self.dims(name)
+        return d[1] if d is not None and len(d) >= 3 and isinstance(d[1], int) and d[1] > 0 else None
+
+    def const(self, name):
+        return self.consts.get(name) if name else None
+
+    # per-op classification: (op, attrs, slots) or None for opaque ------------------------
+    def classify(self, gnode, node, computed):
+        op = node.op_type
+        if node.domain not in ("", "ai.onnx"):
+            return None
+        outs = [o for o in node.output if o]
+        if op == "BatchNormalization":
+            return self._bn(gnode, node, computed, outs)
+        if len(node.output) != 1:
+            return None
+        fn = getattr(self, "_" + op.lower(), None) if op in (
+            "Conv", "Add", "Sum", "Sub", "Mul", "Div", "Identity", "Pad", "AveragePool") else None
+        return fn(gnode, node, computed) if fn else None
+
+    def _keep(self, node, why):
+        self.notes.append(f"note: kept {node.op_type} {node.name or node.output[0]!r} as it is: {why}")
+        return None
+
+    def _float_dtype(self, name):
+        return _NP_FLOAT.get(self.elem(name))
+
+    def _conv(self, gnode, node, computed):
+        x, w = node.input[0], node.input[1]
+        b = node.input[2] if len(node.input) > 2 else ""
+        if x not in computed or w in computed or (b and b in computed):
+            return self._keep(node, "weight or bias is not a constant") if x in computed else None
+        wv, bv = self.const(w), self.const(b) if b else None
+        if wv is None or (b and bv is None):
+            return self._keep(node, "weight or bias is not a constant")
+        dtype = self._float_dtype(x)
+        if dtype is None or wv.dtype.kind != "f" or wv.ndim < 3:
+            return self._keep(node, "not a floating-point convolution")
+        nd = wv.ndim - 2
+        a = gnode.attrs
+        stride = tuple(a.get("strides", [1] * nd))
+        dil = tuple(a.get("dilations", [1] * nd))
+        ks = tuple(wv.shape[2:])
+        if tuple(a.get("kernel_shape", ks)) != ks:
+            raise BadInputError(f"Conv {node.name!r}: kernel_shape {a['kernel_shape']} does not "
+                                f"match its weight of shape {wv.shape}")
+        pads = self._pads(node, a, nd, ks, stride, dil, x)
+        if isinstance(pads, str):
+            return self._keep(node, pads)
+        group = int(a.get("group", 1))
+        bias = np.zeros(wv.shape[0]) if bv is None else np.array(bv, dtype=np.float64).reshape(-1)
+        try:
+            conv = Conv(np.array(wv, dtype=np.float64, copy=True), bias, stride, pads, dil, group)
+        except ValueError as e:
+            raise BadInputError(f"Conv {node.name!r}: {e}") from e
+        return "conv", {"kernel": conv, "dtype": np.dtype(dtype)}, (0,)
+
+    def _pads(self, node, a, nd, ks, stride, dil, x):
+        auto = a.get("auto_pad", "NOTSET") or "NOTSET"
+        if auto == "NOTSET":
+            p = list(a.get("pads", [0] * 2 * nd))
+            return tuple(zip(p[:nd], p[nd:]))
+        if auto == "VALID":
+            return ((0, 0),) * nd
+        if auto not in ("SAME_UPPER", "SAME_LOWER"):
+            return f"unknown auto_pad {auto!r}"
+        dims = self.dims(x)
+        pads = []
+        for k in range(nd):
+            s, d, kk = stride[k], dil[k], ks[k]
+            if s == 1:
+                total = d * (kk - 1)
+            else:
+                size = dims[2 + k] if dims is not None and len(dims) == nd + 2 else None
+                if not isinstance(size, int):
+                    return (f"auto_pad={auto} with stride {s} pads by an amount that depends on "
+                            "the input size, which is not static")
+                total = max((math.ceil(size / s) - 1) * s + d * (kk - 1) + 1 - size, 0)
+            half = total // 2
+            pads.append((half, total - half) if auto == "SAME_UPPER" else (total - half, half))
+        return tuple(pads)
+
+    def _bn(self, gnode, node, computed, outs):
+        label = node.name or node.output[0]
+        if gnode.attrs.get("training_mode", 0) or len(outs) > 1:
+            raise BadInputError(f"BatchNormalization {label!r} is in training mode (it normalises "
+                                "with batch statistics); export the model in eval mode")
+        if len(node.output) != 1 or node.input[0] not in computed:
+            return None
+        x = node.input[0]
+        attrs = {"eps": float(gnode.attrs.get("epsilon", 1e-5))}
+        dtype = self._float_dtype(x)
+        if dtype is not None:
+            attrs["dtype"] = np.dtype(dtype)
+        params = [self.const(n) if n not in computed else None for n in node.input[1:5]]
+        dims = self.dims(x)
+        if len(node.input) < 5 or any(p is None for p in params):
+            attrs["refuse"] = "BatchNormalization parameters are not constants"
+        elif gnode.attrs.get("spatial", 1) == 0:
+            attrs["refuse"] = "BatchNormalization with spatial=0 normalises every position separately"
+        elif dtype is None:
+            attrs["refuse"] = "BatchNormalization is not floating-point"
+        elif dims is None or len(dims) < 3:
+            attrs["refuse"] = ("input rank is unknown" if dims is None
+                               else "input has no spatial dimensions")
+        else:
+            c = {np.asarray(p).size for p in params}
+            if len(c) != 1:
+                attrs["refuse"] = "BatchNormalization parameters have different sizes"
+            else:
+                attrs["ndim"] = len(dims) - 2
+                for key, p in zip(("weight", "bias", "mean", "var"), params):
+                    attrs[key] = np.array(p, dtype=np.float64).reshape(-1)
+        return "bn", attrs, (0,)
+
+    def _identity(self, gnode, node, computed):
+        return ("identity", {}, (0,)) if node.input[0] in computed else None
+
+    def _sum(self, gnode, node, computed):
+        ins = list(node.input)
+        if len(ins) < 2 or any(i not in computed for i in ins):
+            return None
+        dtype = self._float_dtype(ins[0])
+        if dtype is None or any(self.elem(i) != self.elem(ins[0]) for i in ins):
+            return None
+        if not all(_same_shape(self.dims(i), self.dims(node.output[0])) for i in ins):
+            return None
+        return "add", {"dtype": np.dtype(dtype)}, tuple(range(len(ins)))
+
+    def _add(self, gnode, node, computed):
+        lifted = self._sum(gnode, node, computed)
+        return lifted if lifted else self._affine(node, computed)
+
+    _sub = _mul = _div = lambda self, gnode, node, computed: self._affine(node, computed)
+
+    def _affine(self, node, computed):
+        """``x op c`` (or ``c op x`` for Add/Mul/Sub) with ``c`` constant per channel."""
+        a, b = node.input[0], node.input[1]
+        if (a in computed) == (b in computed):
+            return None
+        slot = 0 if a in computed else 1
+        x, c = (a, b) if slot == 0 else (b, a)
+        if node.op_type == "Div" and slot == 1:
+            return None
+        dtype, chans, dims = self._float_dtype(x), self.channels(x), self.dims(x)
+        cv = self.const(c)
+        if dtype is None or chans is None or cv is None or cv.dtype.kind != "f":
+            return None
+        shape = (1,) * (len(dims) - cv.ndim) + cv.shape if cv.ndim <= len(dims) else None
+        if shape is None or any(s != 1 for i, s in enumerate(shape) if i != 1) or shape[1] not in (1, chans):
+            return None
+        v = np.broadcast_to(np.asarray(cv, dtype=np.float64).reshape(-1), (chans,)).copy()
+        one, zero = np.ones(chans), np.zeros(chans)
+        if node.op_type == "Div" and np.any(v == 0):
+            return None
+        weight, bias = {"Mul": (v, zero), "Add": (one, v), "Div": (1.0 / v, zero),
+                        "Sub": (one, -v) if slot == 0 else (-one, v)}[node.op_type]
+        return "bn", {"mean": zero, "var": one, "eps": 0.0, "weight": weight, "bias": bias,
+                      "ndim": len(dims) - 2, "dtype": np.dtype(dtype), "affine": node.op_type}, (slot,)
+
+    def _pad(self, gnode, node, computed):
+        x = node.input[0]
+        if x not in computed:
+            return None
+        a = gnode.attrs
+        if (a.get("mode", "constant") or "constant") != "constant":
+            return None
+        dims, chans, dtype = self.dims(x), self.channels(x), self._float_dtype(x)
+        if dims is None or chans is None or dtype is None:
+            return None
+        r = len(dims)
+        if "pads" in a:  # opset < 11
+            pads, value, axes = list(a["pads"]), float(a.get("value", 0.0)), list(range(r))
+        else:
+            ins = list(node.input) + [""] * 4
+            pv = self.const(ins[1]) if ins[1] not in computed else None
+            cv = self.const(ins[2]) if ins[2] and ins[2] not in computed else (
+                np.zeros(1) if not ins[2] else None)
+            av = self.const(ins[3]) if ins[3] and ins[3] not in computed else (
+                np.arange(r) if not ins[3] else None)
+            if pv is None or cv is None or av is None or cv.size != 1:
+                return None
+            pads, value, axes = [int(p) for p in pv.reshape(-1)], float(cv.reshape(-1)[0]), \
+                [int(i) % r for i in av.reshape(-1)]
+        if value != 0.0 or len(pads) != 2 * len(axes):
+            return None
+        full = [(0, 0)] * r
+        for i, ax in enumerate(axes):
+            full[ax] = (pads[i], pads[i + len(axes)])
+        if full[0] != (0, 0) or full[1] != (0, 0) or min(min(p) for p in full) < 0:
+            return None
+        conv = kernel.identity(chans, ndim=r - 2).replace(pads=tuple(full[2:]))
+        return "conv", {"kernel": conv, "dtype": np.dtype(dtype), "pad": True}, (0,)
+
+    def _averagepool(self, gnode, node, computed):
+        x = node.input[0]
+        if x not in computed:
+            return None
+        a = gnode.attrs
+        chans, dtype = self.channels(x), self._float_dtype(x)
+        ks = tuple(a.get("kernel_shape", ()))
+        if chans is None or dtype is None or not ks:
+            return None
+        nd = len(ks)
+        if any(d != 1 for d in a.get("dilations", [1] * nd)):
+            return self._keep(node, "dilated average pooling")
+        stride = tuple(a.get("strides", [1] * nd))
+        pads = self._pads(node, a, nd, ks, stride, (1,) * nd, x)
+        if isinstance(pads, str):
+            return self._keep(node, pads)
+        conv = kernel.avgpool(chans, ks, stride, pads, bool(a.get("count_include_pad", 0)),
+                              bool(a.get("ceil_mode", 0)))
+        if isinstance(conv, Refusal):
+            return self._keep(node, conv.reason)
+        return "conv", {"kernel": conv, "dtype": np.dtype(dtype), "pool": True}, (0,)
+
+    # the whole graph ------------------------------------------------------------------
+    def lift(self) -> Lifted:
+        g = self.model.graph
+        graph = Graph()
+        value_of: dict[str, Node] = {}
+        inits = {t.name for t in g.initializer}
+        for i in g.input:
+            if i.name not in inits:
+                value_of[i.name] = graph.add("<input>", [], {}, i.name, origin=TensorOrigin(i.name))
+        for index, (gnode, node) in enumerate(zip(self.gs_graph.nodes, g.node)):
+            label = node.name or (node.output[0] if node.output else node.op_type)
+            lifted = self.classify(gnode, node, value_of)
+            if lifted is None:
+                op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
+                slots = tuple(s for s, n in enumerate(node.input) if n in value_of)
+                slots += tuple(n for n in _implicit_inputs(node) if n in value_of)
+                attrs = {}
+            else:
+                op, attrs, slots = lifted
+            names = [node.input[s] if isinstance(s, int) else s for s in slots]
+            origin = NodeOrigin(index, tuple(slots))
+            ir = graph.add(op, [value_of[n] for n in names], attrs, label, origin=origin)
+            if len(node.output) == 1:
+                if node.output[0]:
+                    value_of[node.output[0]] = ir
+            else:
+                for k, out in enumerate(node.output):
+                    if out:
+                        value_of[out] = graph.add("<output>", [ir], {"index": k}, out,
+                                                  origin=TensorOrigin(out))
+        names = tuple(o.name for o in g.output if o.name in value_of)
+        sink = graph.add("<graph outputs>", [value_of[n] for n in names], {}, "<graph outputs>",
+                         origin=OutputsOrigin(names))
+        return Lifted(self.model, graph, sink, self.notes)
+
+
+def lift(model: onnx.ModelProto) -> Lifted:
+    """The IR of ``model`` (not modified), with what :func:`lower` needs."""
+    return _Lifter(model).lift()
+
+
+# --- lowering -------------------------------------------------------------------------------
+
+class _Names:
+    def __init__(self, taken):
+        self.taken = set(taken)
+
+    def fresh(self, base: str) -> str:
+        name, i = base, 0
+        while name in self.taken:
+            i += 1
+            name = f"{base}_{i}"
+        self.taken.add(name)
+        return name
+
+
+def _live(nodes, outputs) -> list[bool]:
+    """Which of ``nodes`` (in topological order) contribute to ``outputs``."""
+    needed = set(outputs)
+    live = [False] * len(nodes)
+    for k in range(len(nodes) - 1, -1, -1):
+        n = nodes[k]
+        if any(o in needed for o in n.output if o):
+            live[k] = True
+            needed.update(i for i in n.input if i)
+            needed.update(_implicit_inputs(n))
+    return live
+
+
+def _used_names(nodes, outputs) -> set[str]:
+    used = set(outputs)
+    for n in nodes:
+        used.update(n.input)
+        used.update(_implicit_inputs(n))
+    return used
+
+
+def lower(lifted: Lifted) -> onnx.ModelProto:
+    """The ONNX model computing ``lifted.graph`` (see the module docstring)."""
+    model, graph = lifted.model, lifted.graph
+    g = model.graph
+    taken = {i.name for i in g.input} | {o.name for o in g.output} | {t.name for t in g.initializer}
+    taken |= {o for n in g.node for o in n.output} | {n.name for n in g.node if n.name}
+    tensors, node_names = _Names(taken), _Names({n.name for n in g.node})
+    alive_names = {g.node[n.origin.index].name for n in graph.nodes if isinstance(n.origin, NodeOrigin)}
+    node_names.taken = set(alive_names)
+    value: dict[Node, str] = {}
+    nodes: list[onnx.NodeProto] = []
+    inits: list[TensorProto] = []
+    fresh: dict[str, onnx.NodeProto] = {}  # tensor made here -> its producer
+    restored: set[str] = set()
+
+    def elem_of(node: Node):
+        dt = node.attrs.get("dtype")
+        return _ONNX_OF_NP.get(np.dtype(dt), TensorProto.FLOAT) if dt is not None else TensorProto.FLOAT
+
+    for n in graph.nodes:
+        o = n.origin
+        if isinstance(o, NodeOrigin):
+            p = onnx.NodeProto()
+            p.CopyFrom(g.node[o.index])
+            for slot, src in zip(o.slots, n.inputs):
+                if isinstance(slot, int):
+                    p.input[slot] = value[src]
+                elif value[src] != slot and slot not in restored:  # a subgraph reads it by name
+                    restored.add(slot)
+                    nodes.append(helper.make_node("Identity", [value[src]], [slot],
+                                                  name=node_names.fresh(slot + "/reparam_restore")))
+            nodes.append(p)
+            if len(p.output) == 1:
+                value[n] = p.output[0]
+        elif isinstance(o, TensorOrigin):
+            value[n] = o.name
+        elif isinstance(o, OutputsOrigin):
+            pass
+        elif n.op == "conv":
+            conv: Conv = n.attrs["kernel"]
+            dt = np.dtype(n.attrs.get("dtype") or np.float32)
+            name = node_names.fresh(n.name or "conv")
+            w, b = tensors.fresh(name + ".weight"), tensors.fresh(name + ".bias")
+            inits.append(numpy_helper.from_array(conv.weight.astype(dt), w))
+            inits.append(numpy_helper.from_array(conv.bias.astype(dt), b))
+            out = tensors.fresh(name + "_output_0")
+            p = helper.make_node(
+                "Conv", [value[n.inputs[0]], w, b], [out], name=name,
+                dilations=list(conv.dilation), group=conv.groups, kernel_shape=list(conv.kernel_size),
+                pads=[p_[0] for p_ in conv.pads] + [p_[1] for p_ in conv.pads],
+                strides=list(conv.stride))
+            nodes.append(p)
+            fresh[out] = p
+            value[n] = out
+        elif n.op == "add":
+            acc = value[n.inputs[0]]
+            base = node_names.fresh(n.name or "add")
+            for k, i in enumerate(n.inputs[1:]):
+                name = base if k == 0 else node_names.fresh(base)
+                out = tensors.fresh(name + "_output_0")
+                p = helper.make_node("Add", [acc, value[i]], [out], name=name)
+                nodes.append(p)
+                fresh[out] = p
+                acc = out
+            value[n] = acc
+        else:
+            raise NotImplementedError(f"the ONNX frontend cannot lower new node {n}")
+
+    # graph outputs keep their names: rename a fresh tensor, else copy through an Identity
+    for name, src in zip(lifted.sink.origin.names, lifted.sink.inputs):
+        v = value[src]
+        if v == name:
+            continue
+        if v in fresh and v not in {o.name for o in g.output}:
+            for p in nodes:
+                p.input[:] = [name if i == v else i for i in p.input]
+            fresh[v].output[0] = name
+            fresh[name] = fresh.pop(v)
+        else:
+            nodes.append(helper.make_node("Identity", [v], [name],
+                                          name=node_names.fresh(name + "/reparam_output")))
+
+    # drop what only folded nodes needed; keep whatever was already unused in the input
+    outputs = [o.name for o in g.output]
+    live_before = _live(list(g.node), outputs)
+    was_live = {id(g.node[k]) for k, ok in enumerate(live_before) if ok}
+    index_of = {}
+    for n in graph.nodes:
+        if isinstance(n.origin, NodeOrigin):
+            index_of[g.node[n.origin.index].name, tuple(g.node[n.origin.index].output)] = n.origin.index
+    live_after = _live(nodes, outputs)
+    kept = []
+    for p, ok in zip(nodes, live_after):
+        k = index_of.get((p.name, tuple(p.output)))
+        if ok or (k is not None and not live_before[k]):
+            kept.append(p)
+    used_before = _used_names(list(g.node), outputs)
+    used_after = _used_names(kept, outputs)
+
+    out = onnx.ModelProto()
+    _copy_fields(model, out, skip=("graph",))
+    _copy_fields(g, out.graph, skip=("node", "initializer", "value_info"))
+    out.graph.node.extend(kept)
+    out.graph.initializer.extend(t for t in g.initializer
+                                 if t.name in used_after or t.name not in used_before)
+    out.graph.initializer.extend(t for t in inits if t.name in used_after)
+    present = {o for p in kept for o in p.output} | used_after
+    out.graph.value_info.extend(vi for vi in g.value_info if vi.name in present)
+    inferred = infer_value_info(out)
+    if inferred is not None:
+        del out.graph.value_info[:]
+        out.graph.value_info.extend(inferred)
+    del was_live
+    return out
+
+
+# --- the whole ONNX path ---------------------------------------------------------------------
+
+def op_counts(model: onnx.ModelProto) -> Counter:
+    return Counter(n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}::{n.op_type}"
+                   for n in model.graph.node)
+
+
+def fuse_model(model: onnx.ModelProto, rules, *, progress=None, what: str = "model"):
+    """Fold ``model`` (not modified) with ``rules``; returns ``(ModelProto, Report)``.
+
+    The report's ``before``/``after`` are ONNX operator counts.
+    """
+    from ..rewrite import run
+
+    say = progress or (lambda msg: None)
+    validate(model, what)
+    say("lifting")
+    lifted = lift(model)
+    say("rewriting")
+    report = run(lifted.graph, rules)
+    say("lowering")
+    fused = lower(lifted)
+    report.before, report.after = op_counts(model), op_counts(fused)
+    report.notes.extend(lifted.notes)
+    return fused, report
+
+
+def fuse_path(path, rules, *, progress=None):
+    """Load ``path`` and fold it; returns ``(ModelProto, Report, used_external_data)``."""
+    (progress or (lambda m: None))("loading")
+    model, external = load(path)
+    fused, report = fuse_model(model, rules, progress=progress, what=os.fspath(path))
+    return fused, report, external
+
+
+# --- verification with onnxruntime ---------------------------------------------------------
+
+def input_specs(model: onnx.ModelProto) -> list[tuple[str, int, tuple]]:
+    """``(name, elem_type, dims)`` of the inputs a caller must feed."""
+    inits = {t.name for t in model.graph.initializer}
+    return [(i.name, i.type.tensor_type.elem_type, _dims(i) or ())
+            for i in model.graph.input if i.name not in inits]
+
+
+def random_inputs(model: onnx.ModelProto, count: int, shapes: dict | None = None,
+                  seed: int = 0) -> list[dict]:
+    """``count`` feeds of random values; ``shapes[name]`` fixes an input's dynamic dims.
+
+    Dynamic dimensions without a given shape are 1 for the first (batch)
+    dimension; any other one is an error naming the input.
+    """
+    shapes = dict(shapes or {})
+    rng = np.random.default_rng(seed)
+    specs = []
+    for name, elem, dims in input_specs(model):
+        if name in shapes:
+            shape = tuple(int(s) for s in shapes.pop(name))
+            if len(shape) != len(dims) or any(isinstance(d, int) and d != s
+                                              for d, s in zip(dims, shape)):
+                raise BadInputError(f"--input-shape {name}:{','.join(map(str, shape))} does not "
+                                    f"match the input's shape {_fmt_dims(dims)}")
+        else:
+            shape = []
+            for k, d in enumerate(dims):
+                if isinstance(d, int) and d > 0:
+                    shape.append(d)
+                elif k == 0:
+                    shape.append(1)
+                else:
+                    raise BadInputError(
+                        f"input {name!r} has dynamic shape {_fmt_dims(dims)}; give its size "
+                        f"with --input-shape {name}:" + ",".join(
+                            str(x) if isinstance(x, int) and x > 0 else "N" for x in dims))
+            shape = tuple(shape)
+        try:
+            np_t = helper.tensor_dtype_to_np_dtype(elem)
+        except Exception as e:
+            raise BadInputError(f"input {name!r} has an unsupported type {elem}") from e
+        specs.append((name, np_t, shape))
+    if shapes:
+        raise BadInputError(f"--input-shape names no input of the model: {', '.join(shapes)}")
+    feeds = []
+    for _ in range(count):
+        feed = {}
+        for name, np_t, shape in specs:
+            if np.issubdtype(np_t, np.floating):
+                feed[name] = rng.standard_normal(shape).astype(np_t)
+            elif np_t == np.bool_:
+                feed[name] = rng.integers(0, 2, shape).astype(np_t)
+            else:
+                feed[name] = rng.integers(0, 4, shape).astype(np_t)
+        feeds.append(feed)
+    return feeds
+
+
+def _fmt_dims(dims) -> str:
+    return "[" + ",".join(str(d) if d not in (None, 0) else "?" for d in dims) + "]"
+
+
+def session(model: onnx.ModelProto, threads: int = 0):
+    """An onnxruntime CPU session for ``model`` (through a temporary file when it is large)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    if data_size(model) < PROTOBUF_LIMIT - (1 << 24):
+        return ort.InferenceSession(model.SerializeToString(), opts,
+                                    providers=["CPUExecutionProvider"])
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "model.onnx")
+        save(model, path, external=True)
+        return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+
+
+def verify(reference: onnx.ModelProto, fused: onnx.ModelProto, feeds: list[dict],
+           rtol: float | None = None) -> float:
+    """Raise VerificationError unless ``fused`` matches ``reference`` on every feed.
+
+    Each output must satisfy ``max|fused - ref| <= rtol * max|ref|`` (``rtol``
+    defaults to :data:`RTOL` for the output's type). Returns the worst ratio.
+    """
+    try:
+        ref_s = session(reference)
+    except Exception as e:
+        raise BadInputError(f"onnxruntime cannot run the input model: {_first_line(e)}") from e
+    try:
+        got_s = session(fused)
+    except Exception as e:
+        raise VerificationError(f"onnxruntime cannot run the fused model: {_first_line(e)}") from e
+    names = [o.name for o in reference.graph.output]
+    elem = {o.name: o.type.tensor_type.elem_type for o in reference.graph.output}
+    worst = 0.0
+    for feed in feeds:
+        try:
+            ref = ref_s.run(names, feed)
+        except Exception as e:
+            raise BadInputError(f"onnxruntime cannot run the input model: {_first_line(e)}") from e
+        got = got_s.run(names, feed)
+        for name, r, g_ in zip(names, ref, got):
+            r, g_ = np.asarray(r), np.asarray(g_)
+            if r.shape != g_.shape:
+                raise VerificationError(f"output {name!r}: shape {g_.shape} != {r.shape}")
+            if r.size == 0 or r.dtype.kind not in "fc":
+                if not np.array_equal(r, g_):
+                    raise VerificationError(f"output {name!r} differs")
+                continue
+            tol = rtol if rtol is not None else RTOL.get(elem[name], 1e-4)
+            scale = float(np.abs(r.astype(np.float64)).max())
+            diff = float(np.abs(g_.astype(np.float64) - r.astype(np.float64)).max())
+            ratio = diff / scale if scale else diff
+            if not ratio <= tol:
+                raise VerificationError(f"output {name!r}: max|diff| = {diff:.3g} is {ratio:.3g} of "
+                                        f"max|ref| = {scale:.3g}, above the tolerance {tol:g}")
+            worst = max(worst, ratio)
+    return worst
