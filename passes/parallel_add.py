@@ -58,7 +58,7 @@ def _merge(source, members, root):
     merged = kernel.add(*kernels, *ident)
     if not merged:
         return merged
-    too_costly = guard(merged, replaced + add_cost(merged.out_channels, len(members)))
+    too_costly = guard(conv_cost(merged), replaced + add_cost(merged.out_channels, len(members)))
     return merged if too_costly is None else too_costly
 
 

@@ -17,11 +17,51 @@ def _is_torch_module(obj) -> bool:
     return isinstance(obj, torch.nn.Module)
 
 
+def _is_onnx_model(obj) -> bool:
+    import sys
+    onnx = sys.modules.get("onnx")  # an onnx.ModelProto exists only once onnx is imported
+    return onnx is not None and isinstance(obj, onnx.ModelProto)
+
+
+def _is_path(obj) -> bool:
+    import os
+    return isinstance(obj, (str, os.PathLike))
+
+
+def _fuse_onnx(model, example_inputs, rules, rtol):
+    from .frontends.onnx import fuse_model, load
+
+    if _is_path(model):
+        import os
+        what = os.fspath(model)
+        model, _ = load(model)
+    else:
+        what = "model"
+    fused, rep = fuse_model(model, rules, what=what)
+    if example_inputs is not None:
+        from .check_onnx import verify
+        feeds = example_inputs if isinstance(example_inputs, (list, tuple)) else [example_inputs]
+        verify(model, fused, list(feeds), rtol)
+    return fused, rep
+
+
 def fuse(model, example_inputs=None, *, report: bool = False, rules=None,
          rtol: float | None = None):
     """Fold the linear training-time branches of ``model`` into single convolutions.
 
-    ``model`` is a ``torch.nn.Module``. It is never modified: it is deep-copied,
+    ``model`` is an ONNX model (a path to an ``.onnx`` file, or an
+    ``onnx.ModelProto``) or a ``torch.nn.Module``.
+
+    ONNX: the model (read with its external data) is lifted with the ONNX
+    frontend, rewritten by ``rules`` and returned as a new ``onnx.ModelProto``;
+    the input proto is not modified and nothing is attached to the result.
+    ``example_inputs`` (a dict of input name -> numpy array, or a list of such
+    dicts) runs both models with onnxruntime and raises
+    :class:`reparam.VerificationError` when an output differs by more than
+    ``rtol * max|reference|``. A file or proto that is not a readable ONNX
+    model raises :class:`reparam.BadInputError`.
+
+    torch: ``model`` is never modified: it is deep-copied,
     traced with torch.fx (in eval mode; a model in training mode is folded with
     its BatchNorm running statistics and a warning says so), rewritten by
     ``rules`` (default: :data:`reparam.passes.DEFAULT_RULES`) and returned as an
@@ -37,12 +77,15 @@ def fuse(model, example_inputs=None, *, report: bool = False, rules=None,
     ``fused, rep = fuse(model, report=True)``.
     """
     rules = default_rules() if rules is None else list(rules)
-    if _is_torch_module(model):
+    if _is_path(model) or _is_onnx_model(model):
+        fused, rep = _fuse_onnx(model, example_inputs, rules, rtol)
+    elif _is_torch_module(model):
         from .frontends.fx import fuse_module
         fused, rep = fuse_module(model, rules, example_inputs, rtol)
         fused.reparam_report = rep
     else:
-        raise TypeError(f"reparam.fuse expects a torch.nn.Module, got {type(model).__name__}")
+        raise TypeError("reparam.fuse expects an ONNX model (path or onnx.ModelProto) or a "
+                        f"torch.nn.Module, got {type(model).__name__}")
     return (fused, rep) if report else fused
 
 

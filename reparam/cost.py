@@ -7,6 +7,7 @@ costs no more multiply-adds and no more parameters than the nodes it removes.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from .kernel import Conv, Refusal
@@ -35,9 +36,14 @@ def add_cost(channels: int, operands: int) -> Cost:
     return Cost(channels * (operands - 1), 0)
 
 
-def guard(new: Conv, replaced: Cost) -> Refusal | None:
+def shape_cost(weight_shape: tuple[int, ...]) -> Cost:
+    """Cost of a conv with this weight shape and a bias."""
+    return Cost(math.prod(weight_shape), math.prod(weight_shape) + weight_shape[0])
+
+
+def guard(new: Cost, replaced: Cost) -> Refusal | None:
     """Refusal when ``new`` costs more (multiply-adds or parameters) than ``replaced``."""
-    c = conv_cost(new)
+    c = new
     if c.macs > replaced.macs or c.params > replaced.params:
         return Refusal(f"folded conv would cost more: {c.macs} vs {replaced.macs} multiply-adds "
                        f"and {c.params} vs {replaced.params} parameters per output position")

@@ -27,7 +27,7 @@ import numpy as np
 
 __all__ = [
     "Conv", "Refusal", "from_bn", "identity", "avgpool", "pad", "pad_to",
-    "add", "compose", "scale_channels", "regroup",
+    "add", "compose", "composed_shape", "scale_channels", "regroup", "undilate",
 ]
 
 
@@ -326,16 +326,11 @@ def compose(first: Conv, second: Conv) -> Conv | Refusal:
         a = second.weight.reshape(-1)
         shape = (-1,) + (1,) * (first.weight.ndim - 1)
         return first.replace(weight=first.weight * a.reshape(shape), bias=first.bias * a + second.bias)
-    s1, d1, d2 = first.stride, first.dilation, second.dilation
-    # taps of first at d1*t1, of second at s1*d2*t2: common grid step D
-    step2 = tuple(s * d for s, d in zip(s1, d2))
-    grid = tuple(math.gcd(d1[k] if first.kernel_size[k] > 1 else 0,
-                          step2[k] if second.kernel_size[k] > 1 else 0) or 1 for k in range(nd))
-    groups = math.gcd(first.groups, second.groups)
+    grid, step2, size, groups = _composed_grid(first, second)
+    s1, d1 = first.stride, first.dilation
     a = regroup(first, groups)
     b = regroup(second, groups)
     k1, k2 = a.kernel_size, b.kernel_size
-    size = tuple((d1[k] * (k1[k] - 1) + step2[k] * (k2[k] - 1)) // grid[k] + 1 for k in range(nd))
     O, M = b.out_channels, a.out_channels
     A = a.weight.reshape((groups, M // groups) + a.weight.shape[1:])  # (G, mpg, ipg, *k1)
     B = b.weight.reshape((groups, O // groups) + b.weight.shape[1:])  # (G, opg, mpg, *k2)
@@ -349,6 +344,30 @@ def compose(first: Conv, second: Conv) -> Conv | Refusal:
     pads = tuple((p1b + s * p2b, p1e + s * p2e)
                  for (p1b, p1e), (p2b, p2e), s in zip(a.pads, b.pads, s1))
     return Conv(w, bias, tuple(x * y for x, y in zip(s1, second.stride)), pads, grid, groups)
+
+
+def _composed_grid(first: Conv, second: Conv):
+    """Geometry of ``compose(first, second)``: tap grid step, second's tap step, kernel size, groups.
+
+    Taps of ``first`` sit at ``d1*t1``, those of ``second`` at ``s1*d2*t2``; the
+    result's dilation is the gcd of the two steps (over dimensions where the
+    kernel is larger than 1).
+    """
+    nd, s1, d1 = first.ndim, first.stride, first.dilation
+    step2 = tuple(s * d for s, d in zip(s1, second.dilation))
+    grid = tuple(math.gcd(d1[k] if first.kernel_size[k] > 1 else 0,
+                          step2[k] if second.kernel_size[k] > 1 else 0) or 1 for k in range(nd))
+    k1, k2 = first.kernel_size, second.kernel_size
+    size = tuple((d1[k] * (k1[k] - 1) + step2[k] * (k2[k] - 1)) // grid[k] + 1 for k in range(nd))
+    return grid, step2, size, math.gcd(first.groups, second.groups)
+
+
+def composed_shape(first: Conv, second: Conv) -> tuple[int, ...]:
+    """Weight shape that :func:`compose` would produce (to price a fold before computing it)."""
+    _, _, size, groups = _composed_grid(first, second)
+    if _is_channel_scale(second):
+        return first.weight.shape
+    return (second.out_channels, first.in_channels // groups) + size
 
 
 def _is_channel_scale(conv: Conv) -> bool:

@@ -254,3 +254,19 @@ def test_same_structure_fuses_the_same_way():
         assert torch.allclose(a, c, rtol=1e-12, atol=0) and torch.allclose(b, d, rtol=1e-12, atol=1e-14)
     x = torch.randn(1, 8, 7, 7, dtype=torch.float64)
     assert_same(f2, other, x)
+
+
+@pytest.mark.parametrize("bias, padding, folds", [
+    (False, 1, True),   # pointwise without bias before a padded conv: exact
+    (True, 0, True),    # the second conv does not pad: exact whatever the bias
+    (True, 1, False),   # the bias would leak through the zero padding: refused
+])
+def test_conv_chain_composes_when_exact_and_cheaper(bias, padding, folds):
+    model = nn.Sequential(nn.Conv2d(8, 8, 1, bias=bias), nn.Conv2d(8, 8, 3, padding=padding)).double()
+    fused, report = reparam.fuse(model.eval(), report=True)
+    assert len(convs(fused)) == (1 if folds else 2)
+    assert report.fired["compose_convs"] == int(folds)
+    if not folds:
+        [r] = report.refused
+        assert "leak" in r.reason
+    assert_same(fused, model, X)

@@ -44,7 +44,11 @@ def test_fused_matches_original_and_deploy_structure(width, variant):
     deploy = RepGhostNet(width, reparam=variant, deploy=True)
     assert count(fused, nn.Conv2d) == count(deploy, nn.Conv2d) == 95
     assert add_nodes(fused) == 16  # one per bottleneck shortcut, none inside RepGhost modules
-    assert report.after["bn"] == 0 and not report.refused
+    assert report.after["bn"] == 0
+    # the only refusals: composing a 1x1 (or strided depthwise) conv with the conv
+    # after it would make a dense kxk conv, which costs more
+    assert report.refused and all(r.rule == "compose_convs" and "cost more" in r.reason
+                                  for r in report.refused)
 
 
 @pytest.mark.parametrize("variant", REPARAM_VARIANTS)
@@ -69,6 +73,13 @@ def test_repghost_module_is_one_depthwise_conv():
     # fused convs are named after the modules they came from
     names = {n for n, m in fused.named_modules() if isinstance(m, nn.Conv2d)}
     assert names == {"primary_conv.0", "cheap_operation.0"}
+    # no ReLU between them (the second ghost module of a bottleneck): still two convs,
+    # since one dense 3x3 conv would cost more; the report says so
+    block = randomize_bn_(RepGhostModule(8, 16, relu=False)).eval()
+    fused, report = reparam.fuse(block, report=True)
+    assert len([m for m in fused.modules() if isinstance(m, nn.Conv2d)]) == 2
+    [refusal] = report.refused
+    assert refusal.rule == "compose_convs" and "would cost more" in refusal.reason
     x = torch.randn(2, 8, 9, 9)
     with torch.no_grad():
         assert rel_err(fused(x), block(x)) <= 1e-5

@@ -49,7 +49,7 @@ import onnx_graphsurgeon as gs
 from onnx import TensorProto, helper, numpy_helper
 
 from .. import kernel
-from ..errors import BadInputError, VerificationError
+from ..errors import BadInputError
 from ..ir import Graph, Node
 from ..kernel import Conv, Refusal
 
@@ -61,10 +61,6 @@ _SMALL = 4096
 _NP_FLOAT = {TensorProto.FLOAT: np.float32, TensorProto.DOUBLE: np.float64,
              TensorProto.FLOAT16: np.float16}
 _ONNX_OF_NP = {np.dtype(v): k for k, v in _NP_FLOAT.items()}
-
-#: default verification tolerance (relative to max|reference|) per ONNX element type
-RTOL = {TensorProto.FLOAT: 1e-4, TensorProto.DOUBLE: 1e-9, TensorProto.FLOAT16: 1e-2,
-        TensorProto.BFLOAT16: 5e-2}
 
 
 # --- origins ----------------------------------------------------------------------
@@ -149,7 +145,7 @@ def validate(model: onnx.ModelProto, what: str = "model") -> None:
     for node in g.node:
         for name in node.input:
             if name not in defined:
-                label = node.name or node.output[0] if node.output else node.op_type
+                label = node.name or (node.output[0] if node.output else node.op_type)
                 raise BadInputError(
                     f"{what}: node {label!r} ({node.op_type}) reads {name!r}, which no earlier node, "
                     "graph input or initializer defines (missing initializer?)")
@@ -227,13 +223,14 @@ def _light_copy(model: onnx.ModelProto) -> onnx.ModelProto:
     return light
 
 
-def infer_value_info(model: onnx.ModelProto) -> list[onnx.ValueInfoProto] | None:
-    """Value infos from ONNX shape inference (None when inference fails)."""
+def infer_value_info(model: onnx.ModelProto, outputs: bool = False):
+    """Value infos from ONNX shape inference (None when inference fails); with
+    ``outputs``, those of the graph outputs (as inferred) are appended."""
     try:
         inferred = onnx.shape_inference.infer_shapes(_light_copy(model), data_prop=True)
     except Exception:
         return None
-    return list(inferred.graph.value_info)
+    return list(inferred.graph.value_info) + (list(inferred.graph.output) if outputs else [])
 
 
 # --- constants --------------------------------------------------------------------------
@@ -315,6 +312,13 @@ def _dims(vi) -> tuple:
                  for d in t.shape.dim)
 
 
+def _known(dims) -> int:
+    """How much ``dims`` says: -1 without a rank, else the number of known sizes (and the rank)."""
+    if dims is None:
+        return -1
+    return 1 + sum(d is not None for d in dims)
+
+
 def _same_shape(a, b) -> bool:
     """Could tensors of dims ``a`` and ``b`` have equal shapes (no broadcasting)?"""
     if a is None or b is None:
@@ -364,7 +368,7 @@ class Lifted:
 class _Lifter:
     def __init__(self, model: onnx.ModelProto):
         self.model = model
-        value_info = infer_value_info(model)
+        value_info = infer_value_info(model, outputs=True)
         self.notes: list[str] = []
         if value_info is None:
             self.notes.append("note: ONNX shape inference failed on the input; nodes whose rank "
@@ -373,13 +377,18 @@ class _Lifter:
         self.types = {}
         g = model.graph
         for vi in list(g.input) + list(g.output) + list(g.value_info) + value_info:
-            if vi.type.HasField("tensor_type") and vi.name not in self.types:
-                self.types[vi.name] = (vi.type.tensor_type.elem_type, _dims(vi))
+            if not vi.type.HasField("tensor_type"):
+                continue
+            new = (vi.type.tensor_type.elem_type, _dims(vi))
+            old = self.types.get(vi.name)
+            if old is None or _known(new[1]) > _known(old[1]):  # keep the most informative
+                self.types[vi.name] = (new[0] or old[0], new[1]) if old else new
         for t in g.initializer:
             self.types.setdefault(t.name, (t.data_type, tuple(t.dims)))
         self.consts = _Constants(model, self.types)
         # onnx-graphsurgeon view of the same graph, for attributes and tensor metadata
-        added = [vi for vi in value_info if vi.name not in {v.name for v in g.value_info}]
+        declared = {v.name for v in g.value_info} | {v.name for v in g.output}
+        added = [vi for vi in value_info if vi.name not in declared]
         n0 = len(g.value_info)
         g.value_info.extend(added)
         try:
@@ -429,8 +438,8 @@ class _Lifter:
     def _conv(self, gnode, node, computed):
         x, w = node.input[0], node.input[1]
         b = node.input[2] if len(node.input) > 2 else ""
-        if x not in computed or w in computed or (b and b in computed):
-            return self._keep(node, "weight or bias is not a constant") if x in computed else None
+        if x not in computed:
+            return None
         wv, bv = self.const(w), self.const(b) if b else None
         if wv is None or (b and bv is None):
             return self._keep(node, "weight or bias is not a constant")
@@ -493,7 +502,7 @@ class _Lifter:
         dtype = self._float_dtype(x)
         if dtype is not None:
             attrs["dtype"] = np.dtype(dtype)
-        params = [self.const(n) if n not in computed else None for n in node.input[1:5]]
+        params = [self.const(n) for n in node.input[1:5]]
         dims = self.dims(x)
         if len(node.input) < 5 or any(p is None for p in params):
             attrs["refuse"] = "BatchNormalization parameters are not constants"
@@ -519,12 +528,12 @@ class _Lifter:
 
     def _sum(self, gnode, node, computed):
         ins = list(node.input)
-        if len(ins) < 2 or any(i not in computed for i in ins):
+        if len(ins) < 2 or any(i not in computed or self.const(i) is not None for i in ins):
             return None
         dtype = self._float_dtype(ins[0])
         if dtype is None or any(self.elem(i) != self.elem(ins[0]) for i in ins):
             return None
-        if not all(_same_shape(self.dims(i), self.dims(node.output[0])) for i in ins):
+        if not all(_same_shape(self.dims(i), self.dims(ins[0])) for i in ins[1:]):
             return None
         return "add", {"dtype": np.dtype(dtype)}, tuple(range(len(ins)))
 
@@ -537,14 +546,14 @@ class _Lifter:
     def _affine(self, node, computed):
         """``x op c`` (or ``c op x`` for Add/Mul/Sub) with ``c`` constant per channel."""
         a, b = node.input[0], node.input[1]
-        if (a in computed) == (b in computed):
+        ca, cb = self.const(a), self.const(b)
+        if (ca is None) == (cb is None):
             return None
-        slot = 0 if a in computed else 1
-        x, c = (a, b) if slot == 0 else (b, a)
-        if node.op_type == "Div" and slot == 1:
+        slot = 0 if cb is not None else 1
+        x, cv = (a, cb) if slot == 0 else (b, ca)
+        if x not in computed or node.op_type == "Div" and slot == 1:
             return None
         dtype, chans, dims = self._float_dtype(x), self.channels(x), self.dims(x)
-        cv = self.const(c)
         if dtype is None or chans is None or cv is None or cv.dtype.kind != "f":
             return None
         shape = (1,) * (len(dims) - cv.ndim) + cv.shape if cv.ndim <= len(dims) else None
@@ -574,11 +583,9 @@ class _Lifter:
             pads, value, axes = list(a["pads"]), float(a.get("value", 0.0)), list(range(r))
         else:
             ins = list(node.input) + [""] * 4
-            pv = self.const(ins[1]) if ins[1] not in computed else None
-            cv = self.const(ins[2]) if ins[2] and ins[2] not in computed else (
-                np.zeros(1) if not ins[2] else None)
-            av = self.const(ins[3]) if ins[3] and ins[3] not in computed else (
-                np.arange(r) if not ins[3] else None)
+            pv = self.const(ins[1])
+            cv = self.const(ins[2]) if ins[2] else np.zeros(1)
+            av = self.const(ins[3]) if ins[3] else np.arange(r)
             if pv is None or cv is None or av is None or cv.size != 1:
                 return None
             pads, value, axes = [int(p) for p in pv.reshape(-1)], float(cv.reshape(-1)[0]), \
@@ -703,6 +710,7 @@ def lower(lifted: Lifted) -> onnx.ModelProto:
     node_names.taken = set(alive_names)
     value: dict[Node, str] = {}
     nodes: list[onnx.NodeProto] = []
+    source: dict[int, int] = {}  # id of an emitted copy -> index of the node it copies
     inits: list[TensorProto] = []
     fresh: dict[str, onnx.NodeProto] = {}  # tensor made here -> its producer
     restored: set[str] = set()
@@ -724,6 +732,7 @@ def lower(lifted: Lifted) -> onnx.ModelProto:
                     nodes.append(helper.make_node("Identity", [value[src]], [slot],
                                                   name=node_names.fresh(slot + "/reparam_restore")))
             nodes.append(p)
+            source[id(p)] = o.index
             if len(p.output) == 1:
                 value[n] = p.output[0]
         elif isinstance(o, TensorOrigin):
@@ -777,17 +786,9 @@ def lower(lifted: Lifted) -> onnx.ModelProto:
     # drop what only folded nodes needed; keep whatever was already unused in the input
     outputs = [o.name for o in g.output]
     live_before = _live(list(g.node), outputs)
-    was_live = {id(g.node[k]) for k, ok in enumerate(live_before) if ok}
-    index_of = {}
-    for n in graph.nodes:
-        if isinstance(n.origin, NodeOrigin):
-            index_of[g.node[n.origin.index].name, tuple(g.node[n.origin.index].output)] = n.origin.index
     live_after = _live(nodes, outputs)
-    kept = []
-    for p, ok in zip(nodes, live_after):
-        k = index_of.get((p.name, tuple(p.output)))
-        if ok or (k is not None and not live_before[k]):
-            kept.append(p)
+    kept = [p for p, ok in zip(nodes, live_after)
+            if ok or (id(p) in source and not live_before[source[id(p)]])]
     used_before = _used_names(list(g.node), outputs)
     used_after = _used_names(kept, outputs)
 
@@ -804,7 +805,6 @@ def lower(lifted: Lifted) -> onnx.ModelProto:
     if inferred is not None:
         del out.graph.value_info[:]
         out.graph.value_info.extend(inferred)
-    del was_live
     return out
 
 
@@ -841,128 +841,3 @@ def fuse_path(path, rules, *, progress=None):
     model, external = load(path)
     fused, report = fuse_model(model, rules, progress=progress, what=os.fspath(path))
     return fused, report, external
-
-
-# --- verification with onnxruntime ---------------------------------------------------------
-
-def input_specs(model: onnx.ModelProto) -> list[tuple[str, int, tuple]]:
-    """``(name, elem_type, dims)`` of the inputs a caller must feed."""
-    inits = {t.name for t in model.graph.initializer}
-    return [(i.name, i.type.tensor_type.elem_type, _dims(i) or ())
-            for i in model.graph.input if i.name not in inits]
-
-
-def random_inputs(model: onnx.ModelProto, count: int, shapes: dict | None = None,
-                  seed: int = 0) -> list[dict]:
-    """``count`` feeds of random values; ``shapes[name]`` fixes an input's dynamic dims.
-
-    Dynamic dimensions without a given shape are 1 for the first (batch)
-    dimension; any other one is an error naming the input.
-    """
-    shapes = dict(shapes or {})
-    rng = np.random.default_rng(seed)
-    specs = []
-    for name, elem, dims in input_specs(model):
-        if name in shapes:
-            shape = tuple(int(s) for s in shapes.pop(name))
-            if len(shape) != len(dims) or any(isinstance(d, int) and d != s
-                                              for d, s in zip(dims, shape)):
-                raise BadInputError(f"--input-shape {name}:{','.join(map(str, shape))} does not "
-                                    f"match the input's shape {_fmt_dims(dims)}")
-        else:
-            shape = []
-            for k, d in enumerate(dims):
-                if isinstance(d, int) and d > 0:
-                    shape.append(d)
-                elif k == 0:
-                    shape.append(1)
-                else:
-                    raise BadInputError(
-                        f"input {name!r} has dynamic shape {_fmt_dims(dims)}; give its size "
-                        f"with --input-shape {name}:" + ",".join(
-                            str(x) if isinstance(x, int) and x > 0 else "N" for x in dims))
-            shape = tuple(shape)
-        try:
-            np_t = helper.tensor_dtype_to_np_dtype(elem)
-        except Exception as e:
-            raise BadInputError(f"input {name!r} has an unsupported type {elem}") from e
-        specs.append((name, np_t, shape))
-    if shapes:
-        raise BadInputError(f"--input-shape names no input of the model: {', '.join(shapes)}")
-    feeds = []
-    for _ in range(count):
-        feed = {}
-        for name, np_t, shape in specs:
-            if np.issubdtype(np_t, np.floating):
-                feed[name] = rng.standard_normal(shape).astype(np_t)
-            elif np_t == np.bool_:
-                feed[name] = rng.integers(0, 2, shape).astype(np_t)
-            else:
-                feed[name] = rng.integers(0, 4, shape).astype(np_t)
-        feeds.append(feed)
-    return feeds
-
-
-def _fmt_dims(dims) -> str:
-    return "[" + ",".join(str(d) if d not in (None, 0) else "?" for d in dims) + "]"
-
-
-def session(model: onnx.ModelProto, threads: int = 0):
-    """An onnxruntime CPU session for ``model`` (through a temporary file when it is large)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if threads:
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-    if data_size(model) < PROTOBUF_LIMIT - (1 << 24):
-        return ort.InferenceSession(model.SerializeToString(), opts,
-                                    providers=["CPUExecutionProvider"])
-    with tempfile.TemporaryDirectory() as d:
-        path = os.path.join(d, "model.onnx")
-        save(model, path, external=True)
-        return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-
-
-def verify(reference: onnx.ModelProto, fused: onnx.ModelProto, feeds: list[dict],
-           rtol: float | None = None) -> float:
-    """Raise VerificationError unless ``fused`` matches ``reference`` on every feed.
-
-    Each output must satisfy ``max|fused - ref| <= rtol * max|ref|`` (``rtol``
-    defaults to :data:`RTOL` for the output's type). Returns the worst ratio.
-    """
-    try:
-        ref_s = session(reference)
-    except Exception as e:
-        raise BadInputError(f"onnxruntime cannot run the input model: {_first_line(e)}") from e
-    try:
-        got_s = session(fused)
-    except Exception as e:
-        raise VerificationError(f"onnxruntime cannot run the fused model: {_first_line(e)}") from e
-    names = [o.name for o in reference.graph.output]
-    elem = {o.name: o.type.tensor_type.elem_type for o in reference.graph.output}
-    worst = 0.0
-    for feed in feeds:
-        try:
-            ref = ref_s.run(names, feed)
-        except Exception as e:
-            raise BadInputError(f"onnxruntime cannot run the input model: {_first_line(e)}") from e
-        got = got_s.run(names, feed)
-        for name, r, g_ in zip(names, ref, got):
-            r, g_ = np.asarray(r), np.asarray(g_)
-            if r.shape != g_.shape:
-                raise VerificationError(f"output {name!r}: shape {g_.shape} != {r.shape}")
-            if r.size == 0 or r.dtype.kind not in "fc":
-                if not np.array_equal(r, g_):
-                    raise VerificationError(f"output {name!r} differs")
-                continue
-            tol = rtol if rtol is not None else RTOL.get(elem[name], 1e-4)
-            scale = float(np.abs(r.astype(np.float64)).max())
-            diff = float(np.abs(g_.astype(np.float64) - r.astype(np.float64)).max())
-            ratio = diff / scale if scale else diff
-            if not ratio <= tol:
-                raise VerificationError(f"output {name!r}: max|diff| = {diff:.3g} is {ratio:.3g} of "
-                                        f"max|ref| = {scale:.3g}, above the tolerance {tol:g}")
-            worst = max(worst, ratio)
-    return worst

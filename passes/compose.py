@@ -1,0 +1,42 @@
+"""A conv feeding only another conv -> one conv, when that is cheaper."""
+from __future__ import annotations
+
+import math
+
+from reparam import kernel
+from reparam.cost import Cost, conv_cost, guard, shape_cost
+from reparam.rewrite import rule
+
+from .common import conv_kernel, new_conv
+
+
+@rule("conv")
+def compose_convs(graph, second):
+    """``second(first(X))`` with nothing else reading ``first`` becomes one conv on ``X``.
+
+    The kernel is :func:`reparam.kernel.compose` (taps ``d1*t1 + s1*d2*t2``,
+    groups ``gcd(g1, g2)``); exact when ``second`` does not pad, or ``first`` is
+    pointwise without bias. Priced first: ``first`` runs ``prod(s2)`` times per
+    output position of ``second``, and the composed conv must cost no more
+    than both (e.g. a 1x1 conv before a depthwise 3x3 composes into a dense
+    3x3: refused for cost).
+    """
+    first = second.inputs[0]
+    if first.op != "conv" or len(first.users) != 1:
+        return None
+    a, b = conv_kernel(first), conv_kernel(second)
+    if not a:
+        return a
+    if not b:
+        return b
+    if a.ndim != b.ndim or a.out_channels != b.in_channels:
+        return None
+    per_output = Cost(conv_cost(a).macs * math.prod(b.stride), conv_cost(a).params)
+    too_costly = guard(shape_cost(kernel.composed_shape(a, b)), per_output + conv_cost(b))
+    if too_costly is not None:
+        return too_costly
+    composed = kernel.compose(a, b)
+    if not composed:
+        return composed
+    graph.replace(second, new_conv(graph, first.inputs[0], composed, second, before=second))
+    return True
