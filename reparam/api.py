@@ -46,7 +46,7 @@ def _fuse_onnx(model, example_inputs, rules, rtol):
 
 
 def fuse(model, example_inputs=None, *, report: bool = False, rules=None,
-         rtol: float | None = None):
+         rtol: float | None = None, leaf_modules=(), concrete_args=None):
     """Fold the linear training-time branches of ``model`` into single convolutions.
 
     ``model`` is an ONNX model (a path to an ``.onnx`` file, or an
@@ -68,6 +68,14 @@ def fuse(model, example_inputs=None, *, report: bool = False, rules=None,
     eval-mode ``torch.fx.GraphModule``. Folding runs in float64 and each new
     conv is cast back to its original dtype.
 
+    Tracing: ``leaf_modules`` (module instances or classes) are kept as opaque
+    calls; ``concrete_args`` is passed to the tracer (``torch.fx.Tracer.trace``).
+    When the whole model does not trace (Python control flow on tensor values,
+    unsupported calls), its largest traceable submodules are fused instead and
+    a copy of the model holding them is returned; the report's ``notes`` say
+    what was skipped and why. A model none of whose parts trace raises
+    :class:`reparam.TraceError`.
+
     With ``example_inputs`` (a tensor or tuple of tensors) the result is run
     against the original and :class:`reparam.VerificationError` is raised when
     an output differs by more than ``rtol * max|reference|``.
@@ -81,7 +89,7 @@ def fuse(model, example_inputs=None, *, report: bool = False, rules=None,
         fused, rep = _fuse_onnx(model, example_inputs, rules, rtol)
     elif _is_torch_module(model):
         from .frontends.fx import fuse_module
-        fused, rep = fuse_module(model, rules, example_inputs, rtol)
+        fused, rep = fuse_module(model, rules, example_inputs, rtol, leaf_modules, concrete_args)
         fused.reparam_report = rep
     else:
         raise TypeError("reparam.fuse expects an ONNX model (path or onnx.ModelProto) or a "

@@ -270,3 +270,49 @@ def test_conv_chain_composes_when_exact_and_cheaper(bias, padding, folds):
         [r] = report.refused
         assert "leak" in r.reason
     assert_same(fused, model, X)
+
+
+# --- partial tracing -------------------------------------------------------------------
+
+class DataDependentHead(nn.Module):
+    """A RepVGG-like backbone, then Python control flow on a tensor value."""
+
+    def __init__(self):
+        super().__init__()
+        self.backbone = nn.Sequential(RepVGGish(), nn.ReLU(), RepVGGish())
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        y = self.backbone(x)
+        if y.mean() > 0:  # not traceable
+            return self.head(y)
+        return -self.head(y)
+
+
+def test_untraceable_model_fuses_its_traceable_parts():
+    model = DataDependentHead().double().eval()
+    fused, report = reparam.fuse(model, X, report=True)
+    assert isinstance(fused, DataDependentHead) and fused is not model
+    assert len(convs(fused.backbone)) == 2 and not bns(fused)
+    assert report.fired["merge_parallel_branches"] == 2
+    assert any("skipped <model>" in n and "TraceError" in n for n in report.notes)
+    assert len(bns(model)) == 6  # the input is untouched
+    assert_same(fused, model, X)
+    assert_same(fused, model, -X)  # both sides of the branch
+
+
+def test_leaf_modules_stay_opaque():
+    model = nn.Sequential(RepVGGish(), RepVGGish()).double().eval()
+    fused, report = reparam.fuse(model, report=True, leaf_modules=[model[1]])
+    assert report.fired["merge_parallel_branches"] == 1
+    assert len(bns(fused)) == 3  # the leaf block was not looked into
+    assert_same(fused, model, X)
+
+
+def test_nothing_traceable_is_a_clear_error():
+    class Opaque(nn.Module):
+        def forward(self, x):
+            return x if x.sum() > 0 else -x
+
+    with pytest.raises(reparam.TraceError, match="could not trace Opaque"):
+        reparam.fuse(Opaque())

@@ -232,11 +232,40 @@ def eval_mode(model: nn.Module):
             m.training = training
 
 
-def fuse_module(model: nn.Module, rules, example_inputs=None, rtol: float | None = None):
-    """Trace ``model`` (in eval mode), rewrite it with ``rules``; returns ``(GraphModule, Report)``.
+class _Tracer(fx.Tracer):
+    """symbolic tracing that also keeps the caller's ``leaf_modules`` (instances or classes) opaque."""
 
-    ``model`` is left as it was: the result holds copies of the modules it keeps
-    and new modules for what was folded.
+    def __init__(self, leaf_modules=()):
+        super().__init__()
+        self.leaf_ids = {id(m) for m in leaf_modules if isinstance(m, nn.Module)}
+        self.leaf_types = tuple(m for m in leaf_modules if isinstance(m, type))
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return (id(m) in self.leaf_ids or isinstance(m, self.leaf_types)
+                or super().is_leaf_module(m, qualname))
+
+
+def trace(model: nn.Module, leaf_modules=(), concrete_args=None) -> fx.GraphModule:
+    """The fx graph of ``model``; a GraphModule is used as it is (re-tracing would rename nodes)."""
+    if isinstance(model, fx.GraphModule) and not leaf_modules and concrete_args is None:
+        return model
+    tracer = _Tracer(leaf_modules)
+    graph = tracer.trace(model, concrete_args)
+    return fx.GraphModule(tracer.root, graph, type(model).__name__)
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"
+
+
+def fuse_module(model: nn.Module, rules, example_inputs=None, rtol: float | None = None,
+                leaf_modules=(), concrete_args=None):
+    """Trace ``model`` (in eval mode), rewrite it with ``rules``; returns ``(module, Report)``.
+
+    The module is a GraphModule when the whole model traces; otherwise a copy of
+    ``model`` whose largest traceable submodules are replaced by their fused
+    GraphModules (see :func:`fuse_parts`). ``model`` itself is left as it was.
     """
     from ..errors import TraceError
     from ..rewrite import run
@@ -248,17 +277,57 @@ def fuse_module(model: nn.Module, rules, example_inputs=None, rtol: float | None
         warnings.warn(msg, UserWarning, stacklevel=3)
         notes.append("note: " + msg)
     with eval_mode(model):
-        try:  # a GraphModule already is a graph: re-tracing it would only rename nodes
-            traced = model if isinstance(model, fx.GraphModule) else fx.symbolic_trace(model)
-        except Exception as e:  # the tracer raises many kinds; report them as one
-            raise TraceError(f"torch.fx could not trace {type(model).__name__}: {e}") from e
-        graph = lift(traced)
-        report = run(graph, rules)
+        try:
+            traced = trace(model, leaf_modules, concrete_args)
+        except Exception as e:  # the tracer raises many kinds; fall back to the parts
+            fused, report = fuse_parts(model, rules, leaf_modules)
+            if not report.before:
+                raise TraceError(f"torch.fx could not trace {type(model).__name__} nor any of "
+                                 f"its submodules: {_first_line(e)}") from e
+            report.notes.insert(0, f"skipped <model> ({type(model).__name__}): {_first_line(e)}")
+        else:
+            graph = lift(traced)
+            report = run(graph, rules)
+            fused = lower(graph, traced, type(model).__name__)
         report.notes.extend(notes)
-        fused = lower(graph, traced, type(model).__name__)
         if example_inputs is not None:
             verify(model, fused, example_inputs, rtol)
     return fused, report
+
+
+def fuse_parts(model: nn.Module, rules, leaf_modules=()):
+    """Fuse the largest traceable submodules of a copy of ``model``; leave the rest as it is.
+
+    Children are tried in order; one that does not trace is descended into.
+    A part replaced by its GraphModule only where some rule fired. The report
+    sums the parts' counts, prefixes node names with the part's path and
+    notes every skipped module with the tracer's error.
+    """
+    from ..rewrite import Refused, Report, run
+
+    result, report = copy.deepcopy(model), Report()
+
+    def visit(module: nn.Module, prefix: str):
+        for name, child in list(module.named_children()):
+            path = prefix + name
+            try:
+                traced = trace(child, leaf_modules)
+            except Exception as e:
+                report.notes.append(f"skipped {path} ({type(child).__name__}): {_first_line(e)}")
+                visit(child, path + ".")
+                continue
+            graph = lift(traced)
+            part = run(graph, rules)
+            report.fired.update(part.fired)
+            report.before.update(part.before)
+            report.after.update(part.after)
+            report.seconds += part.seconds
+            report.refused += [Refused(r.rule, f"{path}.{r.node}", r.reason) for r in part.refused]
+            if part.fired:
+                setattr(module, name, lower(graph, traced, type(child).__name__))
+
+    visit(result, "")
+    return result, report
 
 
 def verify(reference: nn.Module, fused: nn.Module, example_inputs, rtol: float | None = None):
