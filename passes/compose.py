@@ -1,4 +1,4 @@
-"""A conv feeding only another conv -> one conv, when that is cheaper."""
+"""A conv (or BatchNorm) feeding only a conv -> one conv, when exact and no costlier."""
 from __future__ import annotations
 
 import math
@@ -7,12 +7,15 @@ from reparam import kernel
 from reparam.cost import Cost, conv_cost, guard, shape_cost
 from reparam.rewrite import rule
 
-from .common import conv_kernel, new_conv
+from .common import bn_kernel, conv_kernel, new_conv
 
 
 @rule("conv")
 def compose_convs(graph, second):
     """``second(first(X))`` with nothing else reading ``first`` becomes one conv on ``X``.
+
+    ``first`` is a conv or a BatchNorm (a depthwise 1x1 kernel, see
+    :func:`reparam.kernel.from_bn`): BN before a conv that does not pad folds.
 
     The kernel is :func:`reparam.kernel.compose` (taps ``d1*t1 + s1*d2*t2``,
     groups ``gcd(g1, g2)``); exact when ``second`` does not pad, or ``first`` is
@@ -22,13 +25,14 @@ def compose_convs(graph, second):
     3x3: refused for cost).
     """
     first = second.inputs[0]
-    if first.op != "conv" or len(first.users) != 1:
+    if first.op not in ("conv", "bn") or len(first.users) != 1:
         return None
-    a, b = conv_kernel(first), conv_kernel(second)
-    if not a:
-        return a
+    b = conv_kernel(second)
     if not b:
         return b
+    a = conv_kernel(first) if first.op == "conv" else bn_kernel(first, b.ndim)
+    if not a:
+        return a
     if a.ndim != b.ndim or a.out_channels != b.in_channels:
         return None
     per_output = Cost(conv_cost(a).macs * math.prod(b.stride), conv_cost(a).params)

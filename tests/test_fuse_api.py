@@ -316,3 +316,14 @@ def test_nothing_traceable_is_a_clear_error():
 
     with pytest.raises(reparam.TraceError, match="could not trace Opaque"):
         reparam.fuse(Opaque())
+
+
+@pytest.mark.parametrize("padding, folds", [(0, True), (1, False)])
+def test_bn_before_conv_folds_only_without_padding(padding, folds):
+    """BN's shift would meet the conv's zero padding at the border: folded only without it."""
+    model = nn.Sequential(bn(8), nn.Conv2d(8, 6, 3, padding=padding)).double().eval()
+    fused, report = reparam.fuse(model, report=True)
+    assert (len(bns(fused)), len(convs(fused))) == ((0, 1) if folds else (1, 1))
+    if not folds:
+        assert "leak" in report.refused[0].reason
+    assert_same(fused, model, X)
