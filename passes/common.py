@@ -5,6 +5,7 @@ import numpy as np
 
 from reparam import kernel
 from reparam.ir import Graph, Node
+from reparam.rewrite import RefuseFold
 from reparam.kernel import Conv, Refusal
 
 
@@ -55,7 +56,21 @@ def add_root(node: Node) -> Node:
     return node
 
 
+#: largest finite value of the dtypes a folded weight may be cast back to
+DTYPE_MAX = {"float16": 65504.0, "bfloat16": 3.3895313892515355e38, "float32": 3.4028234663852886e38}
+
+
 def new_conv(graph: Graph, source: Node, conv: Conv, like: Node, before: Node) -> Node:
-    """Insert a conv node reading ``source``, named and typed after the node ``like``."""
+    """Insert a conv node reading ``source``, named and typed after the node ``like``.
+
+    Raises :class:`~reparam.rewrite.RefuseFold` (before touching the graph) when a
+    folded weight or bias would overflow ``like``'s dtype: Inf is never written.
+    """
+    dtype = str(like.attrs.get("dtype", "float64")).rsplit(".", 1)[-1]
+    limit = DTYPE_MAX.get(dtype)
+    largest = max(np.abs(conv.weight).max(), np.abs(conv.bias).max())
+    if limit is not None and not largest <= limit:  # also catches NaN
+        raise RefuseFold(Refusal(f"folded weights of {like.name} overflow {dtype} "
+                                 f"(largest magnitude {largest:.3g})", warn=True))
     attrs = {k: like.attrs[k] for k in ("dtype", "device") if k in like.attrs}
     return graph.add("conv", [source], {"kernel": conv, **attrs}, name=like.name, before=before)

@@ -33,9 +33,13 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Refusal:
-    """Why an operation would not be exact; returned instead of a result."""
+    """Why an operation would not be exact (or safe); returned instead of a result.
+
+    ``warn``: the caller should also warn the user (e.g. a value would overflow).
+    """
 
     reason: str
+    warn: bool = False
 
     def __bool__(self) -> bool:  # a refusal is never a usable result
         return False

@@ -5,7 +5,8 @@ function is called with ``(graph, node)`` and answers
 
 * ``None``: the node is not a candidate for this rule (pattern does not match);
 * a :class:`~reparam.kernel.Refusal`: the pattern matches but the fold would be
-  inexact, costlier or unsafe; the reason is recorded;
+  inexact, costlier or unsafe; the reason is recorded (helpers deeper down may
+  raise :class:`RefuseFold` instead, before changing the graph);
 * ``True``: the graph was rewritten.
 
 :func:`run` sweeps the nodes in topological order, applying every rule, until
@@ -39,11 +40,20 @@ def rule(*ops: str):
     return wrap
 
 
+class RefuseFold(Exception):
+    """Raised by a rule's helpers, before the graph is touched, to refuse with ``refusal``."""
+
+    def __init__(self, refusal: Refusal):
+        super().__init__(refusal.reason)
+        self.refusal = refusal
+
+
 @dataclass(frozen=True)
 class Refused:
     rule: str
     node: str
     reason: str
+    warn: bool = False
 
 
 @dataclass
@@ -96,9 +106,12 @@ def run(graph: Graph, rules: list[Rule], max_sweeps: int = 1000) -> Report:
                     break
                 if node.op not in r.ops:
                     continue
-                result = r.apply(graph, node)
+                try:
+                    result = r.apply(graph, node)
+                except RefuseFold as e:
+                    result = e.refusal
                 if isinstance(result, Refusal):
-                    refused.setdefault((r.name, node.name), result.reason)
+                    refused.setdefault((r.name, node.name), result)
                 elif result:
                     report.fired[r.name] += 1
                     changed = True
@@ -106,7 +119,7 @@ def run(graph: Graph, rules: list[Rule], max_sweeps: int = 1000) -> Report:
             break
     else:
         raise RuntimeError(f"rewrite did not reach a fixpoint in {max_sweeps} sweeps")
-    report.refused = [Refused(r, n, why) for (r, n), why in refused.items()]
+    report.refused = [Refused(r, n, why.reason, why.warn) for (r, n), why in refused.items()]
     report.after = graph.op_counts()
     report.seconds = time.perf_counter() - start
     return report

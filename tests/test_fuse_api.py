@@ -327,3 +327,27 @@ def test_bn_before_conv_folds_only_without_padding(padding, folds):
     if not folds:
         assert "leak" in report.refused[0].reason
     assert_same(fused, model, X)
+
+
+def test_float16_overflow_is_refused_with_a_warning():
+    """A BN whose scale pushes the folded weights past float16's range is left unfolded."""
+    model = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4)).eval()
+    with torch.no_grad():
+        model[0].weight.fill_(1000.0)
+        model[1].running_var.fill_(0.0)  # scale 1/sqrt(eps) = 316: weights 3e5 > 65504
+    model = model.half()
+    with pytest.warns(UserWarning, match="overflow float16"):
+        fused, report = reparam.fuse(model, report=True)
+    assert len(bns(fused)) == 1 and "0" in report.refused[0].reason
+    assert all(torch.isfinite(p).all() for p in fused.parameters())
+
+
+def test_float16_model_folds_in_float64_and_casts_back():
+    model = RepVGGish().eval()
+    x = torch.randn(1, 8, 6, 6)
+    ref64 = model.double()(x.double())
+    fused = reparam.fuse(model.half())
+    assert {p.dtype for p in fused.parameters()} == {torch.float16}
+    with torch.no_grad():
+        err = (fused.double()(x.double()) - ref64).abs().max() / ref64.abs().max()
+    assert err < 2e-3  # only float16 rounding of the folded weights

@@ -11,6 +11,7 @@ from, new ``add`` nodes ``operator.add`` calls.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import copy
 import operator
 import warnings
@@ -290,6 +291,9 @@ def fuse_module(model: nn.Module, rules, example_inputs=None, rtol: float | None
             report = run(graph, rules)
             fused = lower(graph, traced, type(model).__name__)
         report.notes.extend(notes)
+        for r in report.refused:
+            if r.warn:
+                warnings.warn(f"{r.node}: {r.reason}; left unfolded", UserWarning, stacklevel=3)
         if example_inputs is not None:
             verify(model, fused, example_inputs, rtol)
     return fused, report
@@ -303,7 +307,7 @@ def fuse_parts(model: nn.Module, rules, leaf_modules=()):
     sums the parts' counts, prefixes node names with the part's path and
     notes every skipped module with the tracer's error.
     """
-    from ..rewrite import Refused, Report, run
+    from ..rewrite import Report, run
 
     result, report = copy.deepcopy(model), Report()
 
@@ -322,7 +326,7 @@ def fuse_parts(model: nn.Module, rules, leaf_modules=()):
             report.before.update(part.before)
             report.after.update(part.after)
             report.seconds += part.seconds
-            report.refused += [Refused(r.rule, f"{path}.{r.node}", r.reason) for r in part.refused]
+            report.refused += [dataclasses.replace(r, node=f"{path}.{r.node}") for r in part.refused]
             if part.fired:
                 setattr(module, name, lower(graph, traced, type(child).__name__))
 
