@@ -52,7 +52,7 @@ def test_fused_matches_original_and_deploy_structure(width, variant):
 
 
 @pytest.mark.parametrize("variant", REPARAM_VARIANTS)
-@pytest.mark.parametrize("width", [0.5, 1.0, 2.0])
+@pytest.mark.parametrize("width", WIDTHS)
 def test_float64_is_exact(width, variant):
     model = randomize_bn_(repghostnet(width, reparam=variant), torch.Generator().manual_seed(2))
     model = model.double().eval()
