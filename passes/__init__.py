@@ -6,10 +6,11 @@ from .bn_branch import bn_branch_to_conv
 from .compose import compose_convs
 from .cleanup import drop_identity, remove_dead
 from .conv_bn import fold_conv_bn
+from .pad_conv import absorb_zero_pad
 from .parallel_add import merge_parallel_branches
 
 DEFAULT_RULES = [drop_identity, fold_conv_bn, bn_branch_to_conv, merge_parallel_branches,
-                 compose_convs, remove_dead]
+                 absorb_zero_pad, compose_convs, remove_dead]
 
-__all__ = ["DEFAULT_RULES", "bn_branch_to_conv", "compose_convs", "drop_identity", "fold_conv_bn",
+__all__ = ["DEFAULT_RULES", "absorb_zero_pad", "bn_branch_to_conv", "compose_convs", "drop_identity", "fold_conv_bn",
            "merge_parallel_branches", "remove_dead"]

@@ -20,6 +20,8 @@ def bn_kernel(node: Node, ndim: int | None = None) -> Conv | Refusal:
     a = node.attrs
     if a.get("refuse"):
         return Refusal(f"{node.name}: {a['refuse']}")
+    if ndim and a.get("ndim") and ndim != a["ndim"]:
+        return Refusal(f"{node.name}: normalises a {a['ndim']}-d input, not {ndim}-d")
     ndim = ndim or a.get("ndim")
     if not ndim:
         return Refusal(f"{node.name}: spatial rank of the BatchNorm input is unknown")
@@ -41,12 +43,25 @@ def is_inner_add(node: Node) -> bool:
     return len(node.users) == 1 and node.users[0].op == "add"
 
 
+def add_coeffs(node: Node) -> tuple[float, ...]:
+    """An ``add`` node computes ``sum(c_i * inputs[i])``; ``coeffs`` default to all 1."""
+    return tuple(node.attrs.get("coeffs") or (1.0,) * len(node.inputs))
+
+
+def add_terms(root: Node) -> list[tuple[Node, float]]:
+    """(operand, coefficient) of the weighted sum under ``root``, inner single-use Adds expanded."""
+    terms = []
+    for i, c in zip(root.inputs, add_coeffs(root)):
+        if i.op == "add" and is_inner_add(i):
+            terms.extend((n, c * ci) for n, ci in add_terms(i))
+        else:
+            terms.append((i, c))
+    return terms
+
+
 def add_leaves(root: Node) -> list[Node]:
-    """Operands of the Add tree under ``root``, inner single-use Adds expanded."""
-    leaves = []
-    for i in root.inputs:
-        leaves.extend(add_leaves(i) if i.op == "add" and is_inner_add(i) else [i])
-    return leaves
+    """Operands of the Add tree under ``root`` (see :func:`add_terms`)."""
+    return [n for n, _ in add_terms(root)]
 
 
 def add_root(node: Node) -> Node:

@@ -1,33 +1,71 @@
-"""An Add of parallel linear branches on one input -> one conv."""
+"""A weighted sum of parallel linear branches on one input -> one conv."""
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 from reparam import kernel
-from reparam.cost import add_cost, conv_cost, guard, Cost
-from reparam.kernel import Refusal
+from reparam.cost import Cost, add_cost, conv_cost, guard
+from reparam.ir import Node
+from reparam.kernel import Conv, Refusal
 from reparam.rewrite import rule
 
-from .common import add_leaves, conv_kernel, is_inner_add, new_conv, other_users
+from .common import add_terms, conv_kernel, is_inner_add, new_conv, other_users
 
 
-def branch_groups(leaves):
-    """Group Add operands by the tensor ``X`` they are linear branches of.
+@dataclass
+class Branch:
+    """One Add operand as ``coeff * kernel(source)``; ``kernel`` None for ``source`` itself."""
 
-    An operand that some conv operand reads is ``X`` itself: an identity branch
-    of ``X``. Any other conv operand is a branch of its input. Returns
-    ``{X: [operand, ...]}`` in operand order.
+    leaf: Node
+    coeff: float
+    source: Node
+    kernel: Conv | None = None
+    cost: Cost = Cost()
+
+
+def conv_chain(leaf: Node) -> Branch | Refusal:
+    """``leaf``, a conv, as one kernel of the farthest input it reaches through convs
+    that nothing else reads, composing kernels while that is exact
+    (:func:`reparam.kernel.compose`). Its cost counts each conv of the chain
+    as often as it runs per output position of ``leaf``.
     """
-    sources = {leaf.inputs[0] for leaf in leaves if leaf.op == "conv"}
+    k = conv_kernel(leaf)
+    if not k:
+        return k
+    cost, source = conv_cost(k), leaf.inputs[0]
+    while source.op == "conv" and len(source.users) == 1:
+        a = conv_kernel(source)
+        composed = kernel.compose(a, k) if a else a
+        if not composed:
+            break
+        cost = Cost(conv_cost(a).macs * math.prod(k.stride), conv_cost(a).params) + cost
+        k, source = composed, source.inputs[0]
+    return Branch(leaf, 1.0, source, k, cost)
+
+
+def branch_groups(terms) -> dict:
+    """Group the ``(operand, coefficient)`` terms of a sum by the tensor ``X`` they read.
+
+    Conv operands are branches of the input their chain reaches (:func:`conv_chain`);
+    an operand that is such an input is ``X`` itself, an identity branch.
+    Returns ``{X: [Branch | Refusal, ...]}`` in operand order.
+    """
+    chains = {id(n): conv_chain(n) for n, _ in terms if n.op == "conv"}
+    roots = {b.source for b in chains.values() if b}
     groups: dict = {}
-    for leaf in leaves:
-        if leaf in sources:
-            groups.setdefault(leaf, []).append(leaf)
-        elif leaf.op == "conv":
-            groups.setdefault(leaf.inputs[0], []).append(leaf)
+    for n, c in terms:
+        if n in roots:
+            groups.setdefault(n, []).append(Branch(n, c, n))
+        elif n.op == "conv":
+            b = chains[id(n)]
+            groups.setdefault(b.source if b else n.inputs[0], []).append(
+                Branch(n, c, b.source, b.kernel, b.cost) if b else b)
     return groups
 
 
 def _nonlinear_branch(leaf, sources, depth: int = 4):
-    """Name of the first opaque node on ``leaf``'s path up to one of ``sources``, if any."""
+    """The first opaque node on ``leaf``'s path up to one of ``sources``, if any."""
     node, opaque = leaf, None
     for _ in range(depth):
         if not node.inputs:
@@ -40,57 +78,63 @@ def _nonlinear_branch(leaf, sources, depth: int = 4):
     return None
 
 
-def _merge(source, members, root):
-    """Kernels of one group, merged; or why not."""
-    kernels, replaced = [], Cost()
-    for m in members:
-        if m is source:
-            continue
-        k = conv_kernel(m)
-        if not k:
-            return k
-        if len(m.users) > 1:
-            return Refusal(f"branch {m.name} output is also read by {', '.join(other_users(m, root))}")
-        kernels.append(k)
-        replaced += conv_cost(k)
-    ident = [kernel.identity(kernels[0].in_channels, ndim=kernels[0].ndim)
-             for m in members if m is source]
-    merged = kernel.add(*kernels, *ident)
+def _merge(branches, root) -> Conv | Refusal:
+    """One conv for a group of branches on one input; or why not."""
+    for b in branches:
+        if not b:
+            return b
+        if b.kernel is not None and len(b.leaf.users) > 1:
+            return Refusal(f"branch {b.leaf.name} output is also read by "
+                           f"{', '.join(other_users(b.leaf, root))}")
+    convs = [b.kernel for b in branches if b.kernel is not None]
+    kernels = [b.kernel or kernel.identity(convs[0].in_channels, ndim=convs[0].ndim)
+               for b in branches]
+    merged = kernel.add(*(k if b.coeff == 1 else k.replace(weight=b.coeff * k.weight,
+                                                            bias=b.coeff * k.bias)
+                          for k, b in zip(kernels, branches)))
     if not merged:
         return merged
-    too_costly = guard(conv_cost(merged), replaced + add_cost(merged.out_channels, len(members)))
+    replaced = sum((b.cost for b in branches), Cost()) + add_cost(merged.out_channels, len(branches))
+    too_costly = guard(conv_cost(merged), replaced)
     return merged if too_costly is None else too_costly
 
 
 @rule("add")
 def merge_parallel_branches(graph, add):
-    """Add of branches ``conv_i(X)`` and ``X`` (flattened Add trees) -> ``conv(X)``.
+    """Weighted sum (flattened Add/Sub trees) of conv branches of ``X`` and ``X`` -> ``conv(X)``.
 
-    Kernels are summed by :func:`reparam.kernel.add` (aligned centres, mixed
-    sizes, groups expanded to their gcd): exact when strides and reaches agree.
-    Refused when a branch conv's output is read outside the Add, when a
-    branch passes through a non-linear op, or when the merged conv would cost
-    more than the branches and Adds it replaces.
+    A branch is a conv, or a chain of convs nothing else reads, composed into one
+    kernel. Kernels, each times its coefficient, are summed by
+    :func:`reparam.kernel.add` (aligned centres, mixed sizes, groups and
+    dilations brought to their gcd): exact when strides and reaches agree.
+    Refused when a branch's output is read outside the sum, when a branch
+    passes through a non-linear op, or when the merged conv would cost more
+    than the branches and Adds it replaces.
     """
     if is_inner_add(add):
         return None
-    leaves = add_leaves(add)
-    groups = branch_groups(leaves)
+    terms = add_terms(add)
+    groups = branch_groups(terms)
     refusal = None
-    for source, members in groups.items():
-        if len(members) < 2:
+    for source, branches in groups.items():
+        if len(branches) < 2 or all(b and b.kernel is None for b in branches):
             continue
-        merged = _merge(source, members, add)
+        merged = _merge(branches, add)
         if not merged:
             refusal = refusal or merged
             continue
-        main = max((m for m in members if m is not source),
-                   key=lambda m: conv_cost(m.attrs["kernel"]).macs)
-        node = new_conv(graph, source, merged, main, before=add)
-        rest = [node] + [leaf for leaf in leaves if leaf not in members]
-        graph.replace(add, rest[0] if len(rest) == 1 else
-                      graph.add("add", rest, name=add.name, before=add))
+        members = {id(b.leaf) for b in branches}
+        main = max((b for b in branches if b.kernel is not None), key=lambda b: b.cost.macs).leaf
+        rest = [(new_conv(graph, source, merged, main, before=add), 1.0)]
+        rest += [t for t in terms if id(t[0]) not in members]
+        if len(rest) == 1:
+            graph.replace(add, rest[0][0])
+        else:
+            coeffs = tuple(c for _, c in rest)
+            attrs = {"coeffs": coeffs} if any(c != 1 for c in coeffs) else {}
+            graph.replace(add, graph.add("add", [n for n, _ in rest], attrs, add.name, before=add))
         return True
+    leaves = [n for n, _ in terms]
     for leaf in leaves:
         opaque = _nonlinear_branch(leaf, set(groups) | set(leaves))
         if opaque is not None:

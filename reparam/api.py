@@ -37,7 +37,7 @@ def _fuse_onnx(model, example_inputs, rules, rtol):
         model, _ = load(model)
     else:
         what = "model"
-    fused, rep = fuse_model(model, rules, what=what)
+    fused, rep = fuse_model(model, rules, what=what, validated=what != "model")
     if example_inputs is not None:
         from .check_onnx import verify
         feeds = example_inputs if isinstance(example_inputs, (list, tuple)) else [example_inputs]

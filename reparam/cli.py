@@ -204,16 +204,18 @@ def main(argv=None) -> int:
 
 def _run(args, out, shapes, checks, progress) -> int:
     from .api import default_rules
-    from .frontends.onnx import fuse_path, save
+    from .frontends.onnx import fuse_model, load, save
 
-    fused, report, external = fuse_path(args.input, default_rules(), progress=progress)
-    check = None
+    progress("loading")
+    original, external = load(args.input)
     if checks:
         from .check_onnx import random_inputs, verify
-        from .frontends.onnx import load
 
-        original, _ = load(args.input)
-        feeds = random_inputs(original, checks, shapes, seed=args.seed)
+        feeds = random_inputs(original, checks, shapes, seed=args.seed)  # bad shapes fail early
+    fused, report = fuse_model(original, default_rules(), progress=progress, what=args.input,
+                               validated=True)
+    check = None
+    if checks:
         try:
             worst = verify(original, fused, feeds, args.rtol, progress=progress)
         except VerificationError:

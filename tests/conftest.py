@@ -18,4 +18,4 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 def pytest_configure(config):
     config.addinivalue_line(
         "markers", "slow: long sweeps (e.g. RepGhostNet ONNX exports at every width); "
-                   "they run only with REPARAM_SLOW=1")
+                   'CI runs them, `-m "not slow"` leaves them out while developing')

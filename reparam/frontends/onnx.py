@@ -541,7 +541,14 @@ class _Lifter:
         lifted = self._sum(gnode, node, computed)
         return lifted if lifted else self._affine(node, computed)
 
-    _sub = _mul = _div = lambda self, gnode, node, computed: self._affine(node, computed)
+    def _sub(self, gnode, node, computed):
+        lifted = self._sum(gnode, node, computed) if len(node.input) == 2 else None
+        if lifted:
+            op, attrs, slots = lifted
+            return op, {**attrs, "coeffs": (1.0, -1.0)}, slots
+        return self._affine(node, computed)
+
+    _mul = _div = lambda self, gnode, node, computed: self._affine(node, computed)
 
     def _affine(self, node, computed):
         """``x op c`` (or ``c op x`` for Add/Mul/Sub) with ``c`` constant per channel."""
@@ -699,6 +706,25 @@ def _used_names(nodes, outputs) -> set[str]:
     return used
 
 
+def _early(nodes, source) -> list:
+    """``nodes`` with each new one (not in ``source``) moved up to just after its last producer.
+
+    A rewrite inserts the nodes it builds where the nodes they replace ended
+    (e.g. a merged branch conv at its Add tree's root, after the other
+    branches); running them as soon as their inputs exist restores the order
+    the model was written in, which the runtime's sequential executor follows.
+    """
+    out: list = []
+    for p in nodes:
+        if id(p) in source:
+            out.append(p)
+            continue
+        needs = set(p.input)
+        pos = max((k for k, q in enumerate(out) if needs.intersection(q.output)), default=-1)
+        out.insert(pos + 1, p)
+    return out
+
+
 def lower(lifted: Lifted) -> onnx.ModelProto:
     """The ONNX model computing ``lifted.graph`` (see the module docstring)."""
     model, graph = lifted.model, lifted.graph
@@ -755,16 +781,33 @@ def lower(lifted: Lifted) -> onnx.ModelProto:
             nodes.append(p)
             fresh[out] = p
             value[n] = out
-        elif n.op == "add":
-            acc = value[n.inputs[0]]
+        elif n.op == "add":  # sum(c_i * x_i): Add / Sub, Neg or Mul by a constant otherwise
             base = node_names.fresh(n.name or "add")
-            for k, i in enumerate(n.inputs[1:]):
-                name = base if k == 0 else node_names.fresh(base)
+            dt = np.dtype(n.attrs.get("dtype") or np.float32)
+
+            names = iter([base])  # the first node takes the Add's name, later ones fresh ones
+
+            def emit(op, ins):
+                name = next(names, None) or node_names.fresh(base)
                 out = tensors.fresh(name + "_output_0")
-                p = helper.make_node("Add", [acc, value[i]], [out], name=name)
+                p = helper.make_node(op, ins, [out], name=name)
                 nodes.append(p)
                 fresh[out] = p
-                acc = out
+                return out
+
+            def scaled(v, c):
+                if c == 1:
+                    return v
+                if c == -1:
+                    return emit("Neg", [v])
+                k = tensors.fresh(base + ".coeff")
+                inits.append(numpy_helper.from_array(np.array(c, dtype=dt), k))
+                return emit("Mul", [v, k])
+
+            coeffs = n.attrs.get("coeffs") or (1.0,) * len(n.inputs)
+            acc = scaled(value[n.inputs[0]], coeffs[0])
+            for c, i in zip(coeffs[1:], n.inputs[1:]):
+                acc = emit("Sub", [acc, value[i]]) if c == -1 else emit("Add", [acc, scaled(value[i], c)])
             value[n] = acc
         else:
             raise NotImplementedError(f"the ONNX frontend cannot lower new node {n}")
@@ -783,6 +826,7 @@ def lower(lifted: Lifted) -> onnx.ModelProto:
             nodes.append(helper.make_node("Identity", [v], [name],
                                           name=node_names.fresh(name + "/reparam_output")))
 
+    nodes = _early(nodes, source)
     # drop what only folded nodes needed; keep whatever was already unused in the input
     outputs = [o.name for o in g.output]
     live_before = _live(list(g.node), outputs)
@@ -796,8 +840,9 @@ def lower(lifted: Lifted) -> onnx.ModelProto:
     _copy_fields(model, out, skip=("graph",))
     _copy_fields(g, out.graph, skip=("node", "initializer", "value_info"))
     out.graph.node.extend(kept)
-    out.graph.initializer.extend(t for t in g.initializer
-                                 if t.name in used_after or t.name not in used_before)
+    listed = {i.name for i in g.input}  # an initializer listed as graph input stays with it
+    out.graph.initializer.extend(t for t in g.initializer if t.name in used_after
+                                 or t.name not in used_before or t.name in listed)
     out.graph.initializer.extend(t for t in inits if t.name in used_after)
     present = {o for p in kept for o in p.output} | used_after
     out.graph.value_info.extend(vi for vi in g.value_info if vi.name in present)
@@ -815,15 +860,18 @@ def op_counts(model: onnx.ModelProto) -> Counter:
                    for n in model.graph.node)
 
 
-def fuse_model(model: onnx.ModelProto, rules, *, progress=None, what: str = "model"):
+def fuse_model(model: onnx.ModelProto, rules, *, progress=None, what: str = "model",
+               validated: bool = False):
     """Fold ``model`` (not modified) with ``rules``; returns ``(ModelProto, Report)``.
 
-    The report's ``before``/``after`` are ONNX operator counts.
+    The report's ``before``/``after`` are ONNX operator counts. ``validated``:
+    the model came from :func:`load`, which already checked it.
     """
     from ..rewrite import run
 
     say = progress or (lambda msg: None)
-    validate(model, what)
+    if not validated:
+        validate(model, what)
     say("lifting")
     lifted = lift(model)
     say("rewriting")
@@ -833,11 +881,3 @@ def fuse_model(model: onnx.ModelProto, rules, *, progress=None, what: str = "mod
     report.before, report.after = op_counts(model), op_counts(fused)
     report.notes.extend(lifted.notes)
     return fused, report
-
-
-def fuse_path(path, rules, *, progress=None):
-    """Load ``path`` and fold it; returns ``(ModelProto, Report, used_external_data)``."""
-    (progress or (lambda m: None))("loading")
-    model, external = load(path)
-    fused, report = fuse_model(model, rules, progress=progress, what=os.fspath(path))
-    return fused, report, external
