@@ -233,6 +233,11 @@ def infer_value_info(model: onnx.ModelProto, outputs: bool = False):
     return list(inferred.graph.value_info) + (list(inferred.graph.output) if outputs else [])
 
 
+#: ops whose output has the channels of their first input
+_SAME_CHANNELS = frozenset({"BatchNormalization", "AveragePool", "MaxPool", "Relu", "Identity",
+                            "Pad", "Sigmoid", "Clip", "LeakyRelu", "HardSigmoid", "HardSwish"})
+
+
 # --- constants --------------------------------------------------------------------------
 
 _EVALUABLE = frozenset({
@@ -386,6 +391,7 @@ class _Lifter:
         for t in g.initializer:
             self.types.setdefault(t.name, (t.data_type, tuple(t.dims)))
         self.consts = _Constants(model, self.types)
+        self._propagate_channels(g)
         # onnx-graphsurgeon view of the same graph, for attributes and tensor metadata
         declared = {v.name for v in g.value_info} | {v.name for v in g.output}
         added = [vi for vi in value_info if vi.name not in declared]
@@ -399,6 +405,32 @@ class _Lifter:
             del g.value_info[n0:]
         if len(self.gs_graph.nodes) != len(g.node):
             raise BadInputError("cannot import the graph: onnx-graphsurgeon saw a different node list")
+
+    def _propagate_channels(self, g) -> None:
+        """Fill in channel counts that shape inference left unknown.
+
+        A Pad whose pads are computed by a subgraph (as torch exports it) hides
+        every size of its output from ONNX shape inference; but ops that keep
+        their input's channels (zero channel padding included) pass them on.
+        """
+        for node in g.node:
+            if node.op_type not in _SAME_CHANNELS or not node.input or not node.output:
+                continue
+            src, out = self.dims(node.input[0]), node.output[0]
+            c = self.channels(node.input[0])
+            if c is None or self.channels(out) is not None:
+                continue
+            if node.op_type == "Pad":
+                pads = self.const(node.input[1]) if len(node.input) > 1 else None
+                if pads is None or len(node.input) > 3 and node.input[3]:
+                    continue  # unknown pads, or pads on chosen axes
+                pads = pads.reshape(-1)
+                if len(pads) != 2 * len(src) or pads[1] or pads[1 + len(src)]:
+                    continue
+            old = self.dims(out)
+            dims = list(old) if old is not None and len(old) == len(src) else [None] * len(src)
+            dims[1] = c
+            self.types[out] = (self.elem(out) or self.elem(node.input[0]), tuple(dims))
 
     # helpers -------------------------------------------------------------------
     def elem(self, name):
