@@ -351,3 +351,20 @@ def test_float16_model_folds_in_float64_and_casts_back():
     with torch.no_grad():
         err = (fused.double()(x.double()) - ref64).abs().max() / ref64.abs().max()
     assert err < 2e-3  # only float16 rounding of the folded weights
+
+
+def test_concrete_args_make_a_flagged_forward_traceable():
+    class Flagged(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.block = RepVGGish()
+
+        def forward(self, x, flip: bool = False):
+            y = self.block(x)
+            return -y if flip else y
+
+    model = Flagged().double().eval()
+    fused, report = reparam.fuse(model, report=True, concrete_args={"flip": False})
+    assert isinstance(fused, torch.fx.GraphModule) and not report.notes
+    assert len(convs(fused)) == 1
+    assert_same(fused, model, X)
