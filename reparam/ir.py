@@ -15,9 +15,13 @@ Ops the passes understand:
 
 ``conv``      attrs ``kernel`` (a Conv) and optionally ``refuse`` (why it may not be
               changed, e.g. a non-zero padding mode), ``dtype``.
-``bn``        attrs ``mean, var, weight, bias, eps`` (inference form) or ``refuse``.
-``add``       elementwise sum of all inputs (same shape).
+``bn``        attrs ``mean, var, weight, bias, eps, ndim`` (inference form; also any
+              per-channel affine ``y = a*x + b``) or ``refuse``; extra inputs after
+              the first are constants it was lifted with.
+``add``       elementwise weighted sum ``sum(coeffs[i] * inputs[i])`` (same shapes;
+              attr ``coeffs``, all 1 when absent).
 ``identity``  returns its input.
+``constant``  a stored tensor (e.g. a layer scale) read by the node it feeds.
 Anything else is opaque (``op`` is the frontend's name for it) and is never
 changed, moved or removed, since it may have side effects.
 """
@@ -26,7 +30,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any, Iterable
 
-PURE_OPS = frozenset({"conv", "bn", "add", "identity"})
+PURE_OPS = frozenset({"conv", "bn", "add", "identity", "constant"})
 
 
 class Node:

@@ -154,8 +154,11 @@ def _arith(node: fx.Node, gm: fx.GraphModule):
     if not isinstance(x, fx.Node) or v is None or (kind == "div" and (slot == 1 or np.any(v == 0))):
         return None
     if v.size > 1:  # per-channel: (C,1,..,1) or (1,C,1,..,1) against (N,C,*spatial)
-        c, spatial = v.size, v.ndim - 1 if v.shape[0] == v.size else v.ndim - 2
-        if v.ndim < 2 or v.shape[0] * v.shape[1] != c or spatial < 1:
+        c = v.size
+        if v.ndim < 2 or sum(d != 1 for d in v.shape) != 1 or c not in v.shape[:2]:
+            return None
+        spatial = v.ndim - 1 if v.shape[0] == c else v.ndim - 2
+        if spatial < 1:
             return None
     flat = v.reshape(-1)
     weight, shift = {"add": (1.0, flat), "sub": (1.0, -flat) if slot == 0 else (-1.0, flat),
