@@ -3,7 +3,8 @@
 For every family and case of ``tests/zoo`` (randomized BatchNorms, eval mode),
 exported by torch's TorchScript exporter (which already folds Conv+BN and
 leaves BN-only branches as BatchNormalization) and by the torch.export-based
-exporter (BN not folded), ``reparam.fuse(path)`` must give as many Conv nodes as
+exporter (BN not folded), the CLI (``reparam IN OUT``, with its own onnxruntime
+check) must write a model with as many Conv nodes as
 the family's hand-converted deploy form has convolutions, no
 BatchNormalization, and onnxruntime outputs matching the original export's
 within 1e-5 relative (``max|diff| <= 1e-5 * max|ref|``).
@@ -16,11 +17,12 @@ import warnings
 from collections import Counter
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
 
-import reparam
+from reparam.cli import main
 from test_zoo import CASES, FAMILIES, get
 
 _DIR = tempfile.mkdtemp(prefix="reparam-zoo-onnx-")
@@ -48,11 +50,14 @@ def run(model_or_path, x: np.ndarray) -> np.ndarray:
 def test_onnx_export_fuses_to_deploy_structure(family, case, exporter):
     model, x = get(family, case)
     path = export(model, x, exporter)
-    fused, report = reparam.fuse(path, report=True)
+    out = path[:-5] + "-fused.onnx"
+    assert main([path, out, "--check", "2", "--quiet", "--report", out + ".json"]) == 0
+    fused = onnx.load(out)
     ops = Counter(n.op_type for n in fused.graph.node)
     expected = FAMILIES[family].deploy_conv_count(model)
-    assert ops["Conv"] == expected, (ops, str(report))
-    assert ops["BatchNormalization"] == 0, str(report)
+    report = open(out + ".json").read()
+    assert ops["Conv"] == expected, (ops, report)
+    assert ops["BatchNormalization"] == 0, report
     xn = x.numpy()
     ref, got = run(path, xn), run(fused, xn)
     assert np.abs(got - ref).max() <= 1e-5 * np.abs(ref).max()
