@@ -30,6 +30,20 @@ FAMILIES = ("repvgg", "acnet", "dbb", "mobileone", "repvit", "qarepvgg", "replkn
             "yolo_repconv", "fastvit")
 
 
+# --- the building block most families share -------------------------------------------
+
+class ConvBN(nn.Module):
+    """conv (no bias) then BatchNorm: the branch unit of RepVGG, ACNet, DBB, MobileOne, ..."""
+
+    def __init__(self, cin, cout, k, stride, padding, groups):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, k, stride, padding, groups=groups, bias=False)
+        self.bn = nn.BatchNorm2d(cout)
+
+    def forward(self, x):
+        return self.bn(self.conv(x))
+
+
 # --- float64 kernel primitives ---------------------------------------------------------
 
 def f64(t: torch.Tensor) -> torch.Tensor:

@@ -14,18 +14,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from . import (bn_kernel, centre_pad, conv_bn_wb, convert_modules, count_convs, make_conv,
+from . import (ConvBN, bn_kernel, centre_pad, conv_bn_wb, convert_modules, count_convs, make_conv,
                seeded)
-
-
-class ConvBN(nn.Module):
-    def __init__(self, cin, cout, k, stride, padding, groups):
-        super().__init__()
-        self.conv = nn.Conv2d(cin, cout, k, stride, padding, groups=groups, bias=False)
-        self.bn = nn.BatchNorm2d(cout)
-
-    def forward(self, x):
-        return self.bn(self.conv(x))
 
 
 class RepVGGBlock(nn.Module):
