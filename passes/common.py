@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from reparam import kernel
+from reparam.cost import Cost, conv_cost
 from reparam.ir import Graph, Node
 from reparam.rewrite import RefuseFold
 from reparam.kernel import Conv, Refusal
@@ -69,6 +70,42 @@ def add_root(node: Node) -> Node:
     while is_inner_add(node):
         node = node.users[0]
     return node
+
+
+def is_zero_pad(k: Conv) -> bool:
+    """``k`` only zero-pads: depthwise 1x..x1 weights all 1, stride and dilation 1, no bias.
+
+    (The frontends lift ``Pad`` with constant 0 in this form.)
+    """
+    return (k.groups == k.out_channels == k.in_channels
+            and all(s == 1 for s in k.kernel_size + k.stride + k.dilation)
+            and not np.any(k.bias) and bool(np.all(k.weight == 1)))
+
+
+def kernel_cost(k: Conv) -> Cost:
+    """What a lifted layer costs: a zero pad moves data and multiplies nothing, so it is free
+    (pricing it as the 1x1 conv it is lifted as would let a fold replace pads by real work)."""
+    return Cost() if is_zero_pad(k) else conv_cost(k)
+
+
+def runs_per_output(second: Conv) -> float:
+    """How often, at least, a layer feeding ``second`` runs per output position of ``second``,
+    whatever the input size (the product over spatial dimensions).
+
+    ``prod(stride)`` when ``second``'s output is never longer than its input divided by its
+    stride; when ``second`` pads its input to a longer output (a pad, a 1x1 conv with
+    padding, a strided conv on odd sizes), fewer: the minimum of ``L / L_out`` over input
+    lengths ``L``, so a fold priced with it never costs more for any input size.
+    """
+    total = 1.0
+    for (b, e), k, s, d in zip(second.pads, second.kernel_size, second.stride, second.dilation):
+        reach = b + e - d * (k - 1)  # L_out = floor((L + reach - 1) / s) + 1
+        if reach <= 1 - s:
+            total *= s
+        else:
+            lo = max(1, 1 - reach)
+            total *= min(n / ((n + reach - 1) // s + 1) for n in range(lo, lo + 64 * s))
+    return total
 
 
 #: largest finite value of the dtypes a folded weight may be cast back to

@@ -4,10 +4,10 @@ from __future__ import annotations
 import math
 
 from reparam import kernel
-from reparam.cost import Cost, conv_cost, guard, shape_cost
+from reparam.cost import Cost, guard, shape_cost
 from reparam.rewrite import rule
 
-from .common import bn_kernel, conv_kernel, new_conv
+from .common import bn_kernel, conv_kernel, kernel_cost, new_conv, runs_per_output
 
 
 @rule("conv")
@@ -20,8 +20,9 @@ def compose_convs(graph, second):
     The kernel is :func:`reparam.kernel.compose` (taps ``d1*t1 + s1*d2*t2``,
     groups ``gcd(g1, g2)``); exact when ``second`` does not pad, or ``first`` is
     pointwise without bias. Priced first: ``first`` runs ``prod(s2)`` times per
-    output position of ``second``, and the composed conv must cost no more
-    than both (e.g. a 1x1 conv before a depthwise 3x3 composes into a dense
+    output position of ``second`` (fewer when ``second`` pads its output longer,
+    see :func:`~.common.runs_per_output`; a zero pad is free), and the composed
+    conv must cost no more than both (e.g. a 1x1 conv before a depthwise 3x3 composes into a dense
     3x3: refused for cost).
     """
     first = second.inputs[0]
@@ -35,8 +36,9 @@ def compose_convs(graph, second):
         return a
     if a.ndim != b.ndim or a.out_channels != b.in_channels:
         return None
-    per_output = Cost(conv_cost(a).macs * math.prod(b.stride), conv_cost(a).params)
-    too_costly = guard(shape_cost(kernel.composed_shape(a, b)), per_output + conv_cost(b))
+    ca = kernel_cost(a)
+    per_output = Cost(math.floor(ca.macs * runs_per_output(b)), ca.params)
+    too_costly = guard(shape_cost(kernel.composed_shape(a, b)), per_output + kernel_cost(b))
     if too_costly is not None:
         return too_costly
     composed = kernel.compose(a, b)

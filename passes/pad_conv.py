@@ -1,22 +1,9 @@
 """Zero padding in front of a conv -> the conv's own padding."""
 from __future__ import annotations
 
-import numpy as np
-
-from reparam.kernel import Conv
 from reparam.rewrite import rule
 
-from .common import conv_kernel, new_conv
-
-
-def is_zero_pad(k: Conv) -> bool:
-    """``k`` only zero-pads: depthwise 1x..x1 weights all 1, stride and dilation 1, no bias.
-
-    (The ONNX frontend lifts ``Pad`` with constant 0 in this form.)
-    """
-    return (k.groups == k.out_channels == k.in_channels
-            and all(s == 1 for s in k.kernel_size + k.stride + k.dilation)
-            and not np.any(k.bias) and bool(np.all(k.weight == 1)))
+from .common import conv_kernel, is_zero_pad, new_conv
 
 
 @rule("conv")
@@ -39,6 +26,8 @@ def absorb_zero_pad(graph, conv):
     b = conv_kernel(conv)
     if not b:
         return b
+    if is_zero_pad(b):  # pad(pad(X)): one pad, but as a conv (the IR has no pad op) it would
+        return None     # multiply every element by 1: more work than the two pads
     if a.ndim != b.ndim or a.out_channels != b.in_channels:
         return None
     pads = tuple((pb + qb, pe + qe) for (pb, pe), (qb, qe) in zip(a.pads, b.pads))

@@ -10,7 +10,8 @@ from reparam.ir import Node
 from reparam.kernel import Conv, Refusal
 from reparam.rewrite import rule
 
-from .common import add_terms, conv_kernel, is_inner_add, new_conv, other_users
+from .common import (add_terms, conv_kernel, is_inner_add, kernel_cost, new_conv, other_users,
+                     runs_per_output)
 
 
 @dataclass
@@ -28,18 +29,20 @@ def conv_chain(leaf: Node) -> Branch | Refusal:
     """``leaf``, a conv, as one kernel of the farthest input it reaches through convs
     that nothing else reads, composing kernels while that is exact
     (:func:`reparam.kernel.compose`). Its cost counts each conv of the chain
-    as often as it runs per output position of ``leaf``.
+    as often as it runs, at least, per output position of ``leaf``
+    (:func:`~.common.runs_per_output`); zero pads are free.
     """
     k = conv_kernel(leaf)
     if not k:
         return k
-    cost, source = conv_cost(k), leaf.inputs[0]
+    cost, source = kernel_cost(k), leaf.inputs[0]
     while source.op == "conv" and len(source.users) == 1:
         a = conv_kernel(source)
         composed = kernel.compose(a, k) if a else a
         if not composed:
             break
-        cost = Cost(conv_cost(a).macs * math.prod(k.stride), conv_cost(a).params) + cost
+        ca = kernel_cost(a)
+        cost = Cost(math.floor(ca.macs * runs_per_output(k)), ca.params) + cost
         k, source = composed, source.inputs[0]
     return Branch(leaf, 1.0, source, k, cost)
 

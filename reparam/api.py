@@ -33,15 +33,20 @@ def _fuse_onnx(model, example_inputs, rules, rtol):
 
     if _is_path(model):
         import os
-        what = os.fspath(model)
+        what = source = os.fspath(model)
         model, _ = load(model)
     else:
-        what = "model"
+        what, source = "model", model
     fused, rep = fuse_model(model, rules, what=what, validated=what != "model")
+    for r in rep.refused:
+        if r.warn:  # e.g. folded weights that would overflow the model's dtype (as for torch)
+            import warnings
+            warnings.warn(f"{r.node}: {r.reason}; left unfolded", UserWarning, stacklevel=3)
     if example_inputs is not None:
         from .check_onnx import verify
         feeds = example_inputs if isinstance(example_inputs, (list, tuple)) else [example_inputs]
-        verify(model, fused, list(feeds), rtol)
+        del model  # a file is checked as it is on disk (a large one was loaded light)
+        verify(source, fused, list(feeds), rtol)
     return fused, rep
 
 

@@ -84,8 +84,9 @@ def _fmt_dims(dims) -> str:
     return "[" + ",".join(str(d) if d not in (None, 0) else "?" for d in dims) + "]"
 
 
-def session(model: onnx.ModelProto, threads: int = 0):
-    """An onnxruntime CPU session for ``model`` (through a temporary file when it is large)."""
+def session(model, threads: int = 0):
+    """An onnxruntime CPU session for ``model``: an ``onnx.ModelProto`` (through a temporary
+    file when it is large) or the path of an ONNX file (read by onnxruntime itself)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -93,6 +94,8 @@ def session(model: onnx.ModelProto, threads: int = 0):
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
+    if isinstance(model, (str, os.PathLike)):
+        return ort.InferenceSession(os.fspath(model), opts, providers=["CPUExecutionProvider"])
     if data_size(model) < PROTOBUF_LIMIT - (1 << 24):
         return ort.InferenceSession(model.SerializeToString(), opts,
                                     providers=["CPUExecutionProvider"])
@@ -102,33 +105,54 @@ def session(model: onnx.ModelProto, threads: int = 0):
         return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
 
 
-def verify(reference: onnx.ModelProto, fused: onnx.ModelProto, feeds: list[dict],
-           rtol: float | None = None, progress=None) -> float:
+#: onnxruntime's names of the output types that have a default tolerance
+_ORT_TYPES = {"tensor(float)": TensorProto.FLOAT, "tensor(double)": TensorProto.DOUBLE,
+              "tensor(float16)": TensorProto.FLOAT16, "tensor(bfloat16)": TensorProto.BFLOAT16}
+
+
+def verify(reference, fused, feeds: list[dict], rtol: float | None = None,
+           progress=None) -> float:
     """Raise VerificationError unless ``fused`` matches ``reference`` on every feed.
 
+    ``reference`` and ``fused`` are ``onnx.ModelProto`` or paths of ONNX files.
     Each output must satisfy ``max|fused - ref| <= rtol * max|ref|`` (``rtol``
     defaults to :data:`RTOL` for the output's type). Returns the worst ratio.
+
+    The two sessions are never alive together (the reference runs every feed
+    first), so a large model is in memory at most once; errors are raised in
+    the order of a side-by-side run.
     """
     try:
         ref_s = session(reference)
     except Exception as e:
         raise BadInputError(f"onnxruntime cannot run the input model: {_first_line(e)}") from e
-    try:
-        got_s = session(fused)
-    except Exception as e:
-        raise VerificationError(f"onnxruntime cannot run the fused model: {_first_line(e)}") from e
-    names = [o.name for o in reference.graph.output]
-    elem = {o.name: o.type.tensor_type.elem_type for o in reference.graph.output}
-    worst = 0.0
+    if isinstance(reference, onnx.ModelProto):
+        names = [o.name for o in reference.graph.output]
+        elem = {o.name: o.type.tensor_type.elem_type for o in reference.graph.output}
+    else:
+        names = [o.name for o in ref_s.get_outputs()]
+        elem = {o.name: _ORT_TYPES.get(o.type, 0) for o in ref_s.get_outputs()}
+    refs, ref_error = [], None
     for k, feed in enumerate(feeds):
         if progress:
             progress(f"checking with onnxruntime {k + 1}/{len(feeds)}")
         try:
-            ref = ref_s.run(names, feed)
+            refs.append(ref_s.run(names, feed))
         except Exception as e:
+            ref_error = e
+            break
+    del ref_s
+    try:
+        got_s = session(fused)
+    except Exception as e:
+        raise VerificationError(f"onnxruntime cannot run the fused model: {_first_line(e)}") from e
+    worst = 0.0
+    for k, feed in enumerate(feeds):
+        if k == len(refs):
+            e = ref_error
             raise BadInputError(f"onnxruntime cannot run the input model: {_first_line(e)}") from e
         got = got_s.run(names, feed)
-        for name, r, g_ in zip(names, ref, got):
+        for name, r, g_ in zip(names, refs[k], got):
             r, g_ = np.asarray(r), np.asarray(g_)
             if r.shape != g_.shape:
                 raise VerificationError(f"output {name!r}: shape {g_.shape} != {r.shape}")

@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 
 from . import __version__
@@ -98,11 +99,13 @@ def _check_paths(args) -> str:
     return out
 
 
-def _file_size(path) -> int | None:
-    """Bytes of an ONNX file plus the external data files it names."""
+def _file_size(path, external: bool = True) -> int | None:
+    """Bytes of an ONNX file plus the external data files it names (if it may have some)."""
     try:
         import onnx
         size = os.path.getsize(path)
+        if not external:  # no need to parse it (a large model would be read once more)
+            return size
         m = onnx.load(path, load_external_data=False)
         folder = os.path.dirname(os.path.abspath(path))
         files = {e.value for t in m.graph.initializer for e in t.external_data if e.key == "location"}
@@ -214,26 +217,51 @@ def _run(args, out, shapes, checks, progress) -> int:
         feeds = random_inputs(original, checks, shapes, seed=args.seed)  # bad shapes fail early
     fused, report = fuse_model(original, default_rules(), progress=progress, what=args.input,
                                validated=True)
-    check = None
-    if checks:
-        try:
-            worst = verify(original, fused, feeds, args.rtol, progress=progress)
-        except VerificationError:
-            if args.report:
-                _write_report(args.report, report, args, out, None, written=False)
-            raise
-        check = {"inputs": checks, "worst_ratio": worst, "rtol": args.rtol}
-    progress("writing")
+    del original  # the check reads IN itself: a large model is held in memory once, not twice
+    # written beside OUT first, so that onnxruntime checks the file itself; moved to OUT
+    # once it passes, deleted otherwise
+    folder, base = os.path.split(os.path.abspath(out))
     try:
-        save(fused, out, external=True if external else None)
+        staging = tempfile.mkdtemp(prefix=".reparam-", dir=folder)
     except OSError as e:
         raise BadInputError(f"cannot write {out}: {e.strerror or e}") from e
+    try:
+        staged = os.path.join(staging, base)
+        progress("writing")
+        try:
+            save(fused, staged, external=True if external else None)
+        except OSError as e:
+            raise BadInputError(f"cannot write {out}: {e.strerror or e}") from e
+        del fused
+        out_external = os.path.exists(staged + ".data")
+        check = None
+        if checks:
+            try:
+                worst = verify(args.input, staged, feeds, args.rtol, progress=progress)
+            except VerificationError:
+                if args.report:
+                    _write_report(args.report, report, args, out, None, written=False)
+                raise
+            check = {"inputs": checks, "worst_ratio": worst, "rtol": args.rtol}
+        try:
+            if out_external:
+                os.replace(staged + ".data", os.path.join(folder, base + ".data"))
+            os.replace(staged, out)
+        except OSError as e:
+            raise BadInputError(f"cannot write {out}: {e.strerror or e}") from e
+    finally:
+        for f in os.listdir(staging):
+            os.unlink(os.path.join(staging, f))
+        os.rmdir(staging)
     if args.report:
         _write_report(args.report, report, args, out, check, written=True)
     progress.done()
+    for r in report.refused:  # even with --quiet: e.g. a fold whose weights would overflow
+        if r.warn:
+            print(f"reparam: warning: {r.node}: {r.reason}; left unfolded", file=sys.stderr)
     if not args.quiet:
         print(f"reparam {__version__}: {args.input} -> {out}")
-        print(format_table(report, _file_size(args.input), _file_size(out)))
+        print(format_table(report, _file_size(args.input, external), _file_size(out, out_external)))
         fired = ", ".join(f"{k} x{v}" for k, v in sorted(report.fired.items())) or "nothing"
         print(f"fired:   {fired}")
         print(_refusals(report, args.verbose))

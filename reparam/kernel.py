@@ -191,7 +191,9 @@ def pad(conv: Conv, extra: tuple[tuple[int, int], ...]) -> Conv:
     Each added tap reads one more padded input position and multiplies it by 0,
     so outputs and output length (the reach) are unchanged: always exact.
     """
-    w = np.pad(conv.weight, ((0, 0), (0, 0)) + tuple(extra))
+    ks = conv.kernel_size
+    w = np.zeros(conv.weight.shape[:2] + tuple(k + b + e for k, (b, e) in zip(ks, extra)))
+    w[(slice(None), slice(None)) + tuple(slice(b, b + k) for k, (b, _) in zip(ks, extra))] = conv.weight
     pads = tuple((b + d * eb, e + d * ee)
                  for (b, e), (eb, ee), d in zip(conv.pads, extra, conv.dilation))
     return conv.replace(weight=w, pads=pads)
@@ -292,9 +294,15 @@ def add(*convs: Conv) -> Conv | Refusal:
     convs = [regroup(undilate(_squash_trivial_dilation(c, grid), grid), groups) for c in convs]
     shift = [[(begin[k] - c.pads[k][0]) // grid[k] for k in range(nd)] for c in convs]
     size = [max(s[k] + c.kernel_size[k] for s, c in zip(shift, convs)) for k in range(nd)]
-    grown = [pad(c, tuple((s[k], size[k] - s[k] - c.kernel_size[k]) for k in range(nd)))
-             for c, s in zip(convs, shift)]
-    return grown[0].replace(weight=sum(g.weight for g in grown), bias=sum(g.bias for g in grown))
+    # each kernel, zero-padded to ``size`` at its shift (see :func:`pad`), summed in place
+    weight = np.zeros(convs[0].weight.shape[:2] + tuple(size))
+    for c, s in zip(convs, shift):
+        taps = tuple(slice(s[k], s[k] + c.kernel_size[k]) for k in range(nd))
+        weight[(slice(None), slice(None)) + taps] += c.weight
+    c, s = convs[0], shift[0]
+    pads = tuple((b + d * s[k], e + d * (size[k] - s[k] - c.kernel_size[k]))
+                 for k, ((b, e), d) in enumerate(zip(c.pads, c.dilation)))
+    return c.replace(weight=weight, bias=sum(c.bias for c in convs), pads=pads)
 
 
 def compose(first: Conv, second: Conv) -> Conv | Refusal:
@@ -332,22 +340,52 @@ def compose(first: Conv, second: Conv) -> Conv | Refusal:
         return first.replace(weight=first.weight * a.reshape(shape), bias=first.bias * a + second.bias)
     grid, step2, size, groups = _composed_grid(first, second)
     s1, d1 = first.stride, first.dilation
-    a = regroup(first, groups)
-    b = regroup(second, groups)
+    a, b = first, second
+    if a.groups != groups and b.groups != groups:  # neither is the coarser: expand first
+        a = regroup(a, groups)
     k1, k2 = a.kernel_size, b.kernel_size
-    O, M = b.out_channels, a.out_channels
-    A = a.weight.reshape((groups, M // groups) + a.weight.shape[1:])  # (G, mpg, ipg, *k1)
-    B = b.weight.reshape((groups, O // groups) + b.weight.shape[1:])  # (G, opg, mpg, *k2)
-    w = np.zeros((groups, O // groups, A.shape[2]) + size)
+    O, ipg = b.out_channels, a.in_channels // groups
+    product = _grouped_product(a, b, groups)
+    w = np.zeros((O, ipg) + size)
+    # second's tap t2 and first's tap t1 land at (s1*d2*t2 + d1*t1) / grid: for one t2,
+    # first's taps form a strided block of the composed kernel
+    step1 = tuple(d1[k] // grid[k] if k1[k] > 1 else 1 for k in range(nd))
     for t2 in np.ndindex(*k2):
-        for t1 in np.ndindex(*k1):
-            pos = tuple((step2[k] * t2[k] + d1[k] * t1[k]) // grid[k] for k in range(nd))
-            w[(Ellipsis,) + pos] += np.einsum("gom,gmi->goi", B[(Ellipsis,) + t2], A[(Ellipsis,) + t1])
-    w = w.reshape((O,) + w.shape[2:])
+        start = [step2[k] * t2[k] // grid[k] for k in range(nd)]
+        block = tuple(slice(start[k], start[k] + step1[k] * (k1[k] - 1) + 1, step1[k])
+                      for k in range(nd))
+        w[(slice(None), slice(None)) + block] += product(b.weight[(slice(None), slice(None)) + t2])
     bias = b.bias + _apply_to_constant(b, a.bias)
     pads = tuple((p1b + s * p2b, p1e + s * p2e)
                  for (p1b, p1e), (p2b, p2e), s in zip(a.pads, b.pads, s1))
     return Conv(w, bias, tuple(x * y for x, y in zip(s1, second.stride)), pads, grid, groups)
+
+
+def _grouped_product(a: Conv, b: Conv, groups: int):
+    """``B -> (B @ A)``: one tap ``B`` (shape ``(O, M/g2)``) of ``b`` times every tap of ``a``.
+
+    Returns the ``(O, I/groups, *k1)`` kernel of ``b``'s tap after ``a`` with
+    ``groups`` groups, as :func:`regroup` would lay it out, but multiplying only
+    the blocks that are not zero: batched over ``b``'s groups when ``a`` has
+    ``groups`` groups, over ``a``'s groups when ``b`` has (one of them must).
+    """
+    O, M, k1 = b.out_channels, a.out_channels, a.kernel_size
+    g1, g2 = a.groups, b.groups
+    A = a.weight.reshape(M, -1)  # (M, ipg1 * prod(k1))
+    if g1 == groups:  # output group j of b reads intermediate block j, all of one a-group
+        A2 = A.reshape(g2, M // g2, -1)
+        return lambda B: np.matmul(B.reshape(g2, O // g2, M // g2), A2).reshape(
+            (O, a.weight.shape[1]) + k1)
+    assert g2 == groups, (g1, g2, groups)
+    h, ipg1 = g1 // groups, a.weight.shape[1]
+    A4 = A.reshape(groups, h, M // g1, -1)  # (G, h, mpg1, ipg1 * prod(k1))
+    perm = (0, 2, 1, 3) + tuple(range(4, 4 + len(k1)))
+
+    def product(B):  # a-group (G, j) reads columns j*ipg1.. of its output group G
+        Bh = B.reshape(groups, O // groups, h, M // g1).transpose(0, 2, 1, 3)
+        r = np.matmul(Bh, A4).reshape((groups, h, O // groups, ipg1) + k1)
+        return r.transpose(perm).reshape((O, h * ipg1) + k1)
+    return product
 
 
 def _composed_grid(first: Conv, second: Conv):

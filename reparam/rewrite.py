@@ -100,7 +100,9 @@ def run(graph: Graph, rules: list[Rule], max_sweeps: int = 1000) -> Report:
     for _ in range(max_sweeps):
         refused: dict[tuple[str, str], str] = {}
         changed = False
-        for node in list(graph.nodes):
+        pending = graph.nodes[::-1]  # popped in order, so a pruned node's weights are freed
+        while pending:                # during the sweep, not at its end
+            node = pending.pop()
             for r in rules:
                 if not node.alive:
                     break

@@ -171,7 +171,9 @@ def _arith(node: fx.Node, gm: fx.GraphModule):
                       "bias": sh, "ndim": ndim}
     ins = [x] + ([other] if isinstance(other, fx.Node) else [])
     if v.size > 1:
-        return (*make(c, spatial), ins)
+        op, attrs = make(c, spatial)
+        t = _getattr_path(gm, other.target)  # a per-channel constant is a stored tensor
+        return op, {**attrs, "dtype": t.dtype, "device": t.device}, ins
     return "pending", {"make": make}, ins
 
 
@@ -219,7 +221,8 @@ def _classify(node: fx.Node, gm: fx.GraphModule, modules: dict):
 
 
 def _channels_of(node: Node, depth: int = 8):
-    """(channels, spatial rank) of ``node``'s output, from nearby convs and BNs, or None."""
+    """(channels, spatial rank, the conv or BN they were read off) of ``node``'s output,
+    from nearby convs and BNs, or None."""
     seen, frontier = set(), [(node, 0)]
     while frontier:
         n, d = frontier.pop(0)
@@ -228,18 +231,18 @@ def _channels_of(node: Node, depth: int = 8):
         seen.add(id(n))
         k = n.attrs.get("kernel")
         if n.op == "conv" and k is not None:
-            return k.out_channels, k.ndim
+            return k.out_channels, k.ndim, n
         if n.op == "bn" and n.attrs.get("ndim"):
-            return len(n.attrs["weight"]), n.attrs["ndim"]
+            return len(n.attrs["weight"]), n.attrs["ndim"], n
         if n is node or n.attrs.get("same_channels") or n.op in ("add", "pending"):
             frontier += [(i, d + 1) for i in n.inputs[:1] if i.op != "constant"]
         for u in n.users:  # a consumer reading this tensor as its (first) input
             if u.inputs and u.inputs[0] is n:
                 ku = u.attrs.get("kernel")
                 if u.op == "conv" and ku is not None:
-                    return ku.in_channels, ku.ndim
+                    return ku.in_channels, ku.ndim, u
                 if u.op == "bn" and u.attrs.get("ndim"):
-                    return len(u.attrs["weight"]), u.attrs["ndim"]
+                    return len(u.attrs["weight"]), u.attrs["ndim"], u
                 if u.attrs.get("same_channels") or u.op in ("add", "pending"):
                     frontier.append((u, d + 1))
     return None
@@ -272,9 +275,15 @@ def _resolve(node: Node) -> None:
     if found is None:
         node.op = node.attrs.get("opaque_op", "pending")
         return
-    op, attrs = make(*found)
+    channels, ndim, near = found
+    op, attrs = make(channels, ndim)
     node.op = op
     node.attrs.update(attrs)
+    # a pad, pool or scalar has no parameters of its own: what a rewrite builds from it
+    # takes the dtype and device of the layer its channels were read off
+    for key in ("dtype", "device"):
+        if key not in node.attrs and key in near.attrs:
+            node.attrs[key] = near.attrs[key]
 
 
 def conv_module(conv: Conv, dtype, device) -> nn.Module:
@@ -356,10 +365,19 @@ def lower(graph: Graph, source: nn.Module, class_name: str) -> fx.GraphModule:
             value[node] = out.node_copy(node.origin, lambda n: remap[n])
         elif node.op == "conv":
             value[node] = _emit_conv(out, node, value[node.inputs[0]], root, taken)
-        elif node.op == "add":
-            acc = value[node.inputs[0]]
-            for i in node.inputs[1:]:
-                acc = out.call_function(operator.add, (acc, value[i]))
+        elif node.op == "add":  # sum(c_i * x_i): + and - for coefficients 1 and -1
+            coeffs = node.attrs.get("coeffs") or (1.0,) * len(node.inputs)
+
+            def scaled(v, c):
+                if c == 1:
+                    return v
+                return out.call_function(operator.neg, (v,)) if c == -1 else \
+                    out.call_function(operator.mul, (v, float(c)))
+
+            acc = scaled(value[node.inputs[0]], coeffs[0])
+            for c, i in zip(coeffs[1:], node.inputs[1:]):
+                acc = out.call_function(operator.sub, (acc, value[i])) if c == -1 else \
+                    out.call_function(operator.add, (acc, scaled(value[i], c)))
             value[node] = acc
         else:
             raise NotImplementedError(f"cannot lower new node {node}")
@@ -420,7 +438,18 @@ def trace(model: nn.Module, leaf_modules=(), concrete_args=None) -> fx.GraphModu
         return model
     tracer = _Tracer(leaf_modules)
     graph = tracer.trace(model, concrete_args)
-    return fx.GraphModule(tracer.root, graph, type(model).__name__)
+    return _graph_module(tracer.root, graph, type(model).__name__)
+
+
+def _graph_module(root: nn.Module, graph: fx.Graph, name: str) -> fx.GraphModule:
+    """A GraphModule of ``graph``, only read (never run): its Python code is generated lazily,
+    on first use, where torch can (compiling it is a tenth of the time of ``fuse``)."""
+    try:
+        from torch.fx._lazy_graph_module import _LazyGraphModule, _make_graph_module
+
+        return _make_graph_module(root, graph, name, graph_module_cls=_LazyGraphModule)
+    except (ImportError, TypeError):  # torch < 2.3, or a changed private API
+        return fx.GraphModule(root, graph, name)
 
 
 def _first_line(e: Exception) -> str:

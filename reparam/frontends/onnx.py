@@ -50,6 +50,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from .. import kernel
 from ..errors import BadInputError
+from . import onnx_file
 from ..ir import Graph, Node
 from ..kernel import Conv, Refusal
 
@@ -57,6 +58,9 @@ from ..kernel import Conv, Refusal
 PROTOBUF_LIMIT = 2**31 - 1
 #: initializers at most this many bytes keep their data in the copy used for shape inference
 _SMALL = 4096
+#: a file at least this large with its data inside is loaded light: its large initializers
+#: are read from the file when needed (see :mod:`reparam.frontends.onnx_file`)
+LAZY_FILE_BYTES = 64 << 20
 
 _NP_FLOAT = {TensorProto.FLOAT: np.float32, TensorProto.DOUBLE: np.float64,
              TensorProto.FLOAT16: np.float16}
@@ -114,30 +118,104 @@ def load(path) -> tuple[onnx.ModelProto, bool]:
         raise BadInputError(f"{path}: no such file")
     if os.path.isdir(path):
         raise BadInputError(f"{path}: is a directory, not an ONNX file")
+    if os.path.getsize(path) == 0:
+        raise BadInputError(f"{path}: empty file (0 bytes), not an ONNX model")
     try:
         model = onnx.load(path, load_external_data=False)
     except Exception as e:  # protobuf raises DecodeError, onnx others
         raise BadInputError(f"{path}: not an ONNX model (cannot parse: {_first_line(e)})") from e
     external = uses_external_data(model)
     if external:
+        _check_external_files(model, path)
         try:
             onnx.external_data_helper.load_external_data_for_model(
                 model, os.path.dirname(os.path.abspath(path)))
         except Exception as e:
             raise BadInputError(f"{path}: cannot read its external data: {_first_line(e)}") from e
+    elif os.path.getsize(path) >= LAZY_FILE_BYTES:
+        check = data_size(model) < PROTOBUF_LIMIT - (1 << 24)
+        light = onnx_file.lazy_copy(model, path, _SMALL)
+        if light is not None:  # the parsed model (every weight) goes; the checker reads the file
+            model = light
+            validate(model, path, check_file=path if check else False)
+            return model, external
     validate(model, path)
     return model, external
 
 
-def validate(model: onnx.ModelProto, what: str = "model") -> None:
-    """Raise BadInputError unless ``model`` is a well-formed ONNX model."""
+def _check_external_files(model: onnx.ModelProto, path: str) -> None:
+    """Name the first external data file that is missing (before reading any of them)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    for t in model.graph.initializer:
+        if t.data_location != TensorProto.EXTERNAL:
+            continue
+        loc = next((e.value for e in t.external_data if e.key == "location"), "")
+        if not loc or not os.path.isfile(os.path.join(folder, loc)):
+            raise BadInputError(f"{path}: external data file {loc!r} of initializer {t.name!r} "
+                                f"is missing (looked in {folder})")
+
+
+#: opsets of the default domain whose operators the frontend reads (Pad-2 to the newest)
+MIN_OPSET = 7
+
+
+def _opset_error(model: onnx.ModelProto) -> str | None:
+    newest = onnx.defs.onnx_opset_version()
+    for o in model.opset_import:
+        if o.domain in ("", "ai.onnx") and not MIN_OPSET <= o.version <= newest:
+            return (f"unsupported opset {o.version} of the default ONNX domain (reparam reads "
+                    f"opsets {MIN_OPSET} to {newest})")
+    return None
+
+
+def _cycle(nodes) -> list[str] | None:
+    """Labels of the nodes on a cycle of the data flow among ``nodes``, if there is one."""
+    producer = {o: k for k, n in enumerate(nodes) for o in n.output if o}
+    state = [0] * len(nodes)  # 0 unvisited, 1 on the stack, 2 done
+    for start in range(len(nodes)):
+        stack = [(start, iter(nodes[start].input))]
+        path = [start]
+        state[start] = 1
+        while stack:
+            k, it = stack[-1]
+            nxt = next((producer[i] for i in it if i in producer), None)
+            if nxt is None:
+                state[k] = 2
+                stack.pop()
+                path.pop()
+            elif state[nxt] == 1:
+                loop = path[path.index(nxt):] + [nxt]
+                return [nodes[j].name or nodes[j].output[0] for j in loop]
+            elif state[nxt] == 0:
+                state[nxt] = 1
+                stack.append((nxt, iter(nodes[nxt].input)))
+                path.append(nxt)
+    return None
+
+
+def validate(model: onnx.ModelProto, what: str = "model", check_file=None) -> None:
+    """Raise BadInputError unless ``model`` is a well-formed ONNX model.
+
+    ``check_file``: run the ONNX checker on this file (the model's own, for a light
+    model from :func:`load`) instead of on ``model``; ``False``: do not run it.
+    """
     if not isinstance(model, onnx.ModelProto):
         raise BadInputError(f"{what}: expected an onnx.ModelProto, got {type(model).__name__}")
     g = model.graph
     if model.ir_version <= 0 or not model.HasField("graph") or not (len(g.node) or len(g.output)):
         raise BadInputError(f"{what}: not an ONNX model (no ir_version or empty graph)")
-    if uses_external_data(model):
-        names = [t.name for t in g.initializer if t.data_location == TensorProto.EXTERNAL]
+    opset_error = _opset_error(model)
+    if opset_error:
+        raise BadInputError(f"{what}: {opset_error}")
+    inits = {t.name for t in g.initializer}
+    for i in g.input:
+        dims = i.type.tensor_type.shape.dim if i.type.HasField("tensor_type") else ()
+        if i.name not in inits and any(d.HasField("dim_value") and d.dim_value == 0 for d in dims):
+            shape = ",".join(str(d.dim_value) if d.HasField("dim_value") else "?" for d in dims)
+            raise BadInputError(f"{what}: input {i.name!r} has a zero-size dimension (shape [{shape}])")
+    names = [t.name for t in g.initializer
+             if t.data_location == TensorProto.EXTERNAL and not onnx_file.is_lazy(t)]
+    if names:
         raise BadInputError(f"{what}: initializer {names[0]!r} keeps its data in an external file "
                             "that was not loaded (load the model with its external data)")
     defined = {i.name for i in g.input} | {t.name for t in g.initializer} | {""}
@@ -146,6 +224,9 @@ def validate(model: onnx.ModelProto, what: str = "model") -> None:
         for name in node.input:
             if name not in defined:
                 label = node.name or (node.output[0] if node.output else node.op_type)
+                loop = _cycle(g.node) if any(name in n.output for n in g.node) else None
+                if loop:
+                    raise BadInputError(f"{what}: the graph has a cycle: {' -> '.join(loop)}")
                 raise BadInputError(
                     f"{what}: node {label!r} ({node.op_type}) reads {name!r}, which no earlier node, "
                     "graph input or initializer defines (missing initializer?)")
@@ -153,9 +234,11 @@ def validate(model: onnx.ModelProto, what: str = "model") -> None:
     for out in g.output:
         if out.name not in defined:
             raise BadInputError(f"{what}: graph output {out.name!r} is not computed by the graph")
-    if data_size(model) < PROTOBUF_LIMIT - (1 << 24):
+    if check_file is False:
+        return
+    if check_file is not None or data_size(model) < PROTOBUF_LIMIT - (1 << 24):
         try:
-            onnx.checker.check_model(model)
+            onnx.checker.check_model(model if check_file is None else os.fspath(check_file))
         except Exception as e:
             raise BadInputError(f"{what}: invalid ONNX model: {_first_line(e)}") from e
 
@@ -182,6 +265,8 @@ def save(model: onnx.ModelProto, path, external: bool | None = None) -> None:
                       location=data_name, size_threshold=1024)
             if os.path.exists(os.path.join(tmpdir, data_name)):
                 os.replace(os.path.join(tmpdir, data_name), os.path.join(folder, data_name))
+        elif _element_bytes(model) >= LAZY_FILE_BYTES:
+            _save_streamed(model, tmp)
         else:
             onnx.save(model, tmp)
         os.replace(tmp, path)
@@ -189,6 +274,60 @@ def save(model: onnx.ModelProto, path, external: bool | None = None) -> None:
         for f in os.listdir(tmpdir):
             os.unlink(os.path.join(tmpdir, f))
         os.rmdir(tmpdir)
+
+
+def _element_bytes(model: onnx.ModelProto) -> int:
+    """Roughly the bytes of the initializers' values (from their dims; no serialization)."""
+    return sum(math.prod(t.dims) for t in model.graph.initializer) * 4
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            return bytes(out)
+
+
+def _save_streamed(model: onnx.ModelProto, path) -> None:
+    """``onnx.save(model, path)``, byte for byte, serializing one initializer at a time.
+
+    Serializing a whole model holds it twice more (protobuf's buffer and the
+    Python bytes); here the fields around the graph's initializers are
+    serialized apart and each initializer is written as it is serialized, in
+    protobuf's field order (ModelProto.graph is field 7, GraphProto.initializer
+    field 5).
+    """
+    head, tail, ghead, gtail = onnx.ModelProto(), onnx.ModelProto(), onnx.GraphProto(), onnx.GraphProto()
+    for fd, val in model.ListFields():
+        if fd.number != 7:
+            _copy_fields_into(head if fd.number < 7 else tail, fd, val)
+    for fd, val in model.graph.ListFields():
+        if fd.number != 5:
+            _copy_fields_into(ghead if fd.number < 5 else gtail, fd, val)
+    inits = model.graph.initializer
+    sizes = [t.ByteSize() for t in inits]
+    first, last = ghead.SerializeToString(), gtail.SerializeToString()
+    graph_len = len(first) + len(last) + sum(1 + len(_varint(n)) + n for n in sizes)
+    with open(path, "wb") as f:
+        f.write(head.SerializeToString())
+        if model.HasField("graph"):
+            f.write(b"\x3a" + _varint(graph_len) + first)  # field 7, length-delimited
+            for t, n in zip(inits, sizes):
+                f.write(b"\x2a" + _varint(n))  # field 5, length-delimited
+                f.write(t.SerializeToString())
+            f.write(last)
+        f.write(tail.SerializeToString())
+
+
+def _copy_fields_into(dst, fd, val) -> None:
+    if hasattr(val, "extend"):  # repeated field
+        getattr(dst, fd.name).extend(val)
+    elif fd.message_type is not None:
+        getattr(dst, fd.name).CopyFrom(val)
+    else:
+        setattr(dst, fd.name, val)
 
 
 # --- shape inference on a copy without the big tensors ----------------------------------
@@ -264,9 +403,11 @@ class _Constants:
         if name in self.inits:
             t = self.inits[name]
             try:
-                value = numpy_helper.to_array(t)
+                value = onnx_file.read(t) if onnx_file.is_lazy(t) else numpy_helper.to_array(t)
             except Exception as e:
                 raise BadInputError(f"cannot read initializer {name!r}: {_first_line(e)}") from e
+            if value.nbytes > _SMALL:  # a weight: read again if asked again, not held all lift long
+                return value
         elif name in self.producer and depth < 64:
             value = self._evaluate(self.producer[name], name, depth)
         self.cache[name] = value
@@ -368,6 +509,22 @@ class Lifted:
         self.graph = graph
         self.sink = sink
         self.notes = notes
+
+
+def _check_bn_params(label: str, params) -> None:
+    """Raise BadInputError for BatchNormalization parameters no trained model has."""
+    for key, p in zip(("scale", "bias", "mean", "variance"), params):
+        p = np.asarray(p).reshape(-1)
+        if p.size == 0:
+            raise BadInputError(f"BatchNormalization {label!r}: zero-size {key} (no channels)")
+        if p.dtype.kind == "f" and not np.isfinite(p).all():
+            k = int(np.flatnonzero(~np.isfinite(p))[0])
+            raise BadInputError(f"BatchNormalization {label!r}: {key} is {p[k]} at channel {k} "
+                                "(NaN or Inf)")
+    var = np.asarray(params[3]).reshape(-1)
+    if var.dtype.kind == "f" and (var < 0).any():
+        k = int(np.flatnonzero(var < 0)[0])
+        raise BadInputError(f"BatchNormalization {label!r}: negative variance {var[k]:g} at channel {k}")
 
 
 class _Lifter:
@@ -486,10 +643,18 @@ class _Lifter:
         if tuple(a.get("kernel_shape", ks)) != ks:
             raise BadInputError(f"Conv {node.name!r}: kernel_shape {a['kernel_shape']} does not "
                                 f"match its weight of shape {wv.shape}")
+        group = int(a.get("group", 1))
+        if 0 in wv.shape:
+            raise BadInputError(f"Conv {node.name!r}: weight of shape {tuple(wv.shape)} has a "
+                                "zero-size dimension")
+        chans = self.channels(x)
+        if chans is not None and wv.shape[1] * group != chans:
+            raise BadInputError(f"Conv {node.name!r}: weight of shape {tuple(wv.shape)} with "
+                                f"group={group} reads {wv.shape[1] * group} input channels, but its "
+                                f"input has {chans}")
         pads = self._pads(node, a, nd, ks, stride, dil, x)
         if isinstance(pads, str):
             return self._keep(node, pads)
-        group = int(a.get("group", 1))
         bias = np.zeros(wv.shape[0]) if bv is None else np.array(bv, dtype=np.float64).reshape(-1)
         try:
             conv = Conv(np.array(wv, dtype=np.float64, copy=True), bias, stride, pads, dil, group)
@@ -535,6 +700,8 @@ class _Lifter:
         if dtype is not None:
             attrs["dtype"] = np.dtype(dtype)
         params = [self.const(n) for n in node.input[1:5]]
+        if len(params) == 4 and all(p is not None for p in params):
+            _check_bn_params(label, params)
         dims = self.dims(x)
         if len(node.input) < 5 or any(p is None for p in params):
             attrs["refuse"] = "BatchNormalization parameters are not constants"
@@ -757,8 +924,22 @@ def _early(nodes, source) -> list:
     return out
 
 
-def lower(lifted: Lifted) -> onnx.ModelProto:
-    """The ONNX model computing ``lifted.graph`` (see the module docstring)."""
+def _add_initializer(graph, name: str, array: np.ndarray) -> None:
+    """``numpy_helper.from_array(array, name)`` built in ``graph`` itself (a TensorProto
+    appended to a graph is copied: a large weight would be in memory twice)."""
+    t = graph.initializer.add()
+    t.name = name
+    t.dims.extend(array.shape)
+    t.data_type = helper.np_dtype_to_tensor_dtype(array.dtype)
+    t.raw_data = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+
+
+def lower(lifted: Lifted, release: bool = False) -> onnx.ModelProto:
+    """The ONNX model computing ``lifted.graph`` (see the module docstring).
+
+    ``release``: drop each new conv's float64 kernel from the IR once its
+    initializers are written (the IR cannot be lowered again afterwards).
+    """
     model, graph = lifted.model, lifted.graph
     g = model.graph
     taken = {i.name for i in g.input} | {o.name for o in g.output} | {t.name for t in g.initializer}
@@ -769,7 +950,7 @@ def lower(lifted: Lifted) -> onnx.ModelProto:
     value: dict[Node, str] = {}
     nodes: list[onnx.NodeProto] = []
     source: dict[int, int] = {}  # id of an emitted copy -> index of the node it copies
-    inits: list[TensorProto] = []
+    inits: list[tuple] = []  # (name, array or (node, field), dtype): made in ``out`` itself
     fresh: dict[str, onnx.NodeProto] = {}  # tensor made here -> its producer
     restored: set[str] = set()
 
@@ -802,8 +983,8 @@ def lower(lifted: Lifted) -> onnx.ModelProto:
             dt = np.dtype(n.attrs.get("dtype") or np.float32)
             name = node_names.fresh(n.name or "conv")
             w, b = tensors.fresh(name + ".weight"), tensors.fresh(name + ".bias")
-            inits.append(numpy_helper.from_array(conv.weight.astype(dt), w))
-            inits.append(numpy_helper.from_array(conv.bias.astype(dt), b))
+            inits.append((w, (n, "weight"), dt))
+            inits.append((b, (n, "bias"), dt))
             out = tensors.fresh(name + "_output_0")
             p = helper.make_node(
                 "Conv", [value[n.inputs[0]], w, b], [out], name=name,
@@ -833,7 +1014,7 @@ def lower(lifted: Lifted) -> onnx.ModelProto:
                 if c == -1:
                     return emit("Neg", [v])
                 k = tensors.fresh(base + ".coeff")
-                inits.append(numpy_helper.from_array(np.array(c, dtype=dt), k))
+                inits.append((k, np.array(c), dt))
                 return emit("Mul", [v, k])
 
             coeffs = n.attrs.get("coeffs") or (1.0,) * len(n.inputs)
@@ -854,6 +1035,7 @@ def lower(lifted: Lifted) -> onnx.ModelProto:
                 p.input[:] = [name if i == v else i for i in p.input]
             fresh[v].output[0] = name
             fresh[name] = fresh.pop(v)
+            value[src] = name  # a later output of the same value copies the new name
         else:
             nodes.append(helper.make_node("Identity", [v], [name],
                                           name=node_names.fresh(name + "/reparam_output")))
@@ -873,9 +1055,20 @@ def lower(lifted: Lifted) -> onnx.ModelProto:
     _copy_fields(g, out.graph, skip=("node", "initializer", "value_info"))
     out.graph.node.extend(kept)
     listed = {i.name for i in g.input}  # an initializer listed as graph input stays with it
-    out.graph.initializer.extend(t for t in g.initializer if t.name in used_after
-                                 or t.name not in used_before or t.name in listed)
-    out.graph.initializer.extend(t for t in inits if t.name in used_after)
+    for t in g.initializer:
+        if t.name in used_after or t.name not in used_before or t.name in listed:
+            if onnx_file.is_lazy(t):  # a light model's weight: written back in full
+                onnx_file.materialize(t, out.graph.initializer.add())
+            else:
+                out.graph.initializer.append(t)
+    for k, (name, src, dt) in enumerate(inits):
+        inits[k] = None
+        array = getattr(src[0].attrs["kernel"], src[1]) if isinstance(src, tuple) else src
+        if name in used_after:
+            _add_initializer(out.graph, name, array.astype(dt))
+        del array
+        if release and isinstance(src, tuple) and src[1] == "bias":  # its weight is written too
+            src[0].attrs.pop("kernel")
     present = {o for p in kept for o in p.output} | used_after
     out.graph.value_info.extend(vi for vi in g.value_info if vi.name in present)
     inferred = infer_value_info(out)
@@ -909,7 +1102,9 @@ def fuse_model(model: onnx.ModelProto, rules, *, progress=None, what: str = "mod
     say("rewriting")
     report = run(lifted.graph, rules)
     say("lowering")
-    fused = lower(lifted)
+    fused = lower(lifted, release=True)
+    for n in lifted.graph.nodes:  # the IR is cyclic (inputs <-> users): let its float64
+        n.attrs.clear()           # weights go now, not at the next garbage collection
     report.before, report.after = op_counts(model), op_counts(fused)
     report.notes.extend(lifted.notes)
     return fused, report

@@ -1,0 +1,166 @@
+"""Large ONNX files without holding their weights: initializers read from the file on demand.
+
+A model of a few hundred megabytes loaded with ``onnx.load`` keeps every weight
+in one protobuf arena that is freed only with the whole model; folding it also
+needs float64 copies of those weights and the fused model's own. To stay within
+a small multiple of the file size, :func:`reparam.frontends.onnx.load` replaces
+such a model (one whose data is embedded in the file) by a *light* copy: every
+large floating-point initializer keeps its name, type and dims, and instead of
+its bytes records where they lie in the file (``data_location = EXTERNAL`` with
+``location``, ``offset``, ``length`` and a ``__reparam_lazy__`` marker).
+
+Such a light model is internal to reparam: constants are read with
+:func:`read`, and lowering writes the initializers it keeps back in full with
+:func:`materialize` (byte for byte the original TensorProto), so a fused model
+never refers to the input file. The offsets come from a scan of the protobuf
+wire format (:func:`raw_data_spans`) that reads only field headers.
+"""
+from __future__ import annotations
+
+import mmap
+import os
+
+import numpy as np
+from onnx import TensorProto
+
+MARKER = "__reparam_lazy__"
+#: element types read as plain numpy arrays (what ``numpy_helper.to_array`` returns for them)
+_DTYPES = {TensorProto.FLOAT: np.dtype("<f4"), TensorProto.DOUBLE: np.dtype("<f8"),
+           TensorProto.FLOAT16: np.dtype("<f2")}
+
+
+def _varint(buf, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if b < 0x80:
+            return result, pos
+        shift += 7
+
+
+def _fields(buf, start: int, end: int):
+    """``(field number, start, end)`` of the length-delimited fields of one message."""
+    pos = start
+    while pos < end:
+        key, pos = _varint(buf, pos)
+        wire = key & 7
+        if wire == 0:
+            _, pos = _varint(buf, pos)
+        elif wire == 1:
+            pos += 8
+        elif wire == 5:
+            pos += 4
+        elif wire == 2:
+            n, pos = _varint(buf, pos)
+            yield key >> 3, pos, pos + n
+            pos += n
+        else:  # groups: not written by any ONNX tool
+            raise ValueError(f"unsupported protobuf wire type {wire}")
+    if pos != end:
+        raise ValueError("truncated protobuf message")
+
+
+def raw_data_spans(path) -> dict[str, tuple[int, int]]:
+    """``{initializer name: (offset, length)}`` of the ``raw_data`` bytes in an ONNX file."""
+    spans = {}
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        for field, start, end in _fields(mm, 0, len(mm)):
+            if field != 7:  # ModelProto.graph
+                continue
+            for gfield, gstart, gend in _fields(mm, start, end):
+                if gfield != 5:  # GraphProto.initializer
+                    continue
+                name, raw = None, None
+                for tfield, tstart, tend in _fields(mm, gstart, gend):
+                    if tfield == 8:  # TensorProto.name
+                        name = bytes(mm[tstart:tend]).decode("utf-8")
+                    elif tfield == 9:  # TensorProto.raw_data
+                        raw = (tstart, tend - tstart)
+                if name is not None and raw is not None:
+                    spans[name] = raw
+    return spans
+
+
+def _copy_tensor_fields(src: TensorProto, dst: TensorProto, skip: str) -> None:
+    """Every field of ``src`` but ``skip`` into ``dst`` (without reading ``skip``'s value)."""
+    for fd in src.DESCRIPTOR.fields:
+        if fd.name == skip:
+            continue
+        repeated = fd.is_repeated if hasattr(fd, "is_repeated") else fd.label == fd.LABEL_REPEATED
+        if repeated:
+            values = getattr(src, fd.name)
+            if len(values):
+                getattr(dst, fd.name).extend(values)
+        elif src.HasField(fd.name):
+            if fd.message_type is not None:
+                getattr(dst, fd.name).CopyFrom(getattr(src, fd.name))
+            else:
+                setattr(dst, fd.name, getattr(src, fd.name))
+
+
+def lazy_copy(model, path, min_bytes: int):
+    """A light copy of ``model`` (read from ``path``) whose floating-point initializers of more
+    than ``min_bytes`` bytes are read from ``path`` when needed; ``None`` when none qualifies."""
+    from onnx import ModelProto
+
+    from .onnx import _copy_fields
+
+    try:
+        spans = raw_data_spans(path)
+    except (ValueError, IndexError, OSError):
+        return None
+    path = os.path.abspath(path)
+    light = ModelProto()
+    _copy_fields(model, light, skip=("graph",))
+    _copy_fields(model.graph, light.graph, skip=("initializer",))
+    lazy = 0
+    for t in model.graph.initializer:
+        span = spans.get(t.name)
+        dtype = _DTYPES.get(t.data_type)
+        if (span is None or dtype is None or span[1] <= min_bytes or t.external_data
+                or int(np.prod(t.dims, dtype=np.int64)) * dtype.itemsize != span[1]):
+            light.graph.initializer.append(t)
+            continue
+        s = light.graph.initializer.add()
+        _copy_tensor_fields(t, s, skip="raw_data")
+        for key, value in (("location", path), ("offset", str(span[0])), ("length", str(span[1])),
+                           (MARKER, str(t.data_location) if t.HasField("data_location") else "")):
+            e = s.external_data.add()
+            e.key, e.value = key, value
+        s.data_location = TensorProto.EXTERNAL
+        lazy += 1
+    return light if lazy else None
+
+
+def is_lazy(t: TensorProto) -> bool:
+    return t.data_location == TensorProto.EXTERNAL and any(e.key == MARKER for e in t.external_data)
+
+
+def _where(t: TensorProto):
+    info = {e.key: e.value for e in t.external_data}
+    return info["location"], int(info["offset"]), int(info["length"]), info[MARKER]
+
+
+def read(t: TensorProto) -> np.ndarray:
+    """The value of a lazy initializer, read from its file (as ``numpy_helper.to_array``)."""
+    path, offset, length, _ = _where(t)
+    dtype = _DTYPES[t.data_type]
+    a = np.fromfile(path, dtype=dtype, count=length // dtype.itemsize, offset=offset)
+    return a.astype(dtype.newbyteorder("="), copy=False).reshape(tuple(t.dims))
+
+
+def materialize(t: TensorProto, dst: TensorProto) -> None:
+    """Make ``dst`` the original TensorProto of the lazy ``t``, its bytes read from the file."""
+    path, offset, length, location = _where(t)
+    _copy_tensor_fields(t, dst, skip="external_data")
+    dst.ClearField("data_location")
+    if location:
+        dst.data_location = int(location)
+    with open(path, "rb") as f:
+        f.seek(offset)
+        data = f.read(length)
+    if len(data) != length:
+        raise OSError(f"{path} is shorter than it was when it was read")
+    dst.raw_data = data
