@@ -112,6 +112,11 @@ def runs_per_output(second: Conv) -> float:
 DTYPE_MAX = {"float16": 65504.0, "bfloat16": 3.3895313892515355e38, "float32": 3.4028234663852886e38}
 
 
+def _abs_max(a: np.ndarray):
+    """``np.abs(a).max()`` (NaN if ``a`` holds one) without a temporary copy of ``a``."""
+    return np.max([np.abs(a.max()), np.abs(a.min())])
+
+
 def new_conv(graph: Graph, source: Node, conv: Conv, like: Node, before: Node) -> Node:
     """Insert a conv node reading ``source``, named and typed after the node ``like``.
 
@@ -120,7 +125,7 @@ def new_conv(graph: Graph, source: Node, conv: Conv, like: Node, before: Node) -
     """
     dtype = str(like.attrs.get("dtype", "float64")).rsplit(".", 1)[-1]
     limit = DTYPE_MAX.get(dtype)
-    largest = max(np.abs(conv.weight).max(), np.abs(conv.bias).max())
+    largest = max(_abs_max(conv.weight), _abs_max(conv.bias))
     if limit is not None and not largest <= limit:  # also catches NaN
         raise RefuseFold(Refusal(f"folded weights of {like.name} overflow {dtype} "
                                  f"(largest magnitude {largest:.3g})", warn=True))

@@ -208,6 +208,7 @@ def main(argv=None) -> int:
 def _run(args, out, shapes, checks, progress) -> int:
     from .api import default_rules
     from .frontends.onnx import fuse_model, load, save
+    from .frontends.onnx_file import release_freed_memory
 
     progress("loading")
     original, external = load(args.input)
@@ -233,6 +234,7 @@ def _run(args, out, shapes, checks, progress) -> int:
         except OSError as e:
             raise BadInputError(f"cannot write {out}: {e.strerror or e}") from e
         del fused
+        release_freed_memory()  # before onnxruntime loads the models: the fused one is written
         out_external = os.path.exists(staged + ".data")
         check = None
         if checks:

@@ -92,6 +92,23 @@ REGRESSIONS = {
         Op("act", (11,), RELU),
         Op("identity", (11,))),
     ),
+    # Not a bug: tanh of pre-activations up to 136 (a BN of small variance). Measured on one
+    # input (20 elements) the float32 original erred 4.0e-7 and the fused model 1.6e-6; on 64
+    # inputs both err 2.7e-6. Float32 errors are now measured on 16 inputs (F32_BATCH).
+    "float32_error_measured_on_one_input": Spec(shape=(1, 6, 4, 5), seed=235, outputs=(12,), ops=(
+        Op("conv", (0,), conv(4)),
+        Op("bn", (1,), BN),
+        Op("pad", (0,), PAD0),
+        Op("conv", (3,), conv(4)),
+        Op("conv", (0,), conv(3)),
+        Op("conv", (5,), conv(4)),
+        Op("conv", (0,), conv(4, k=(4, 4), dilation=(2, 2), pads=((3, 3), (3, 3)), bias=True)),
+        Op("bn", (7,), dict(BN, var="small")),
+        Op("add", (2, 4)),
+        Op("add", (9, 6)),
+        Op("sub", (10, 8)),
+        Op("act", (11,), dict(fn="tanh", functional=False))),
+    ),
     # Not bugs, but where fusing the fused model fires a rule again with the same result (the
     # fx lowering writes an asymmetric conv as pad + conv; ONNX keeps an output name with an
     # Identity): fusing twice must still equal fusing once.

@@ -137,6 +137,7 @@ def load(path) -> tuple[onnx.ModelProto, bool]:
         light = onnx_file.lazy_copy(model, path, _SMALL)
         if light is not None:  # the parsed model (every weight) goes; the checker reads the file
             model = light
+            onnx_file.release_freed_memory()
             validate(model, path, check_file=path if check else False)
             return model, external
     validate(model, path)

@@ -134,6 +134,18 @@ def lazy_copy(model, path, min_bytes: int):
     return light if lazy else None
 
 
+def release_freed_memory() -> None:
+    """Hand memory freed inside the process back to the system where the C library can
+    (glibc's ``malloc_trim``): freed blocks below malloc's mmap threshold otherwise stay
+    resident, so a dropped model would still count in the process's memory."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def is_lazy(t: TensorProto) -> bool:
     return t.data_location == TensorProto.EXTERNAL and any(e.key == MARKER for e in t.external_data)
 

@@ -1,0 +1,118 @@
+"""Inference latency: training graph, ``reparam.fuse`` output and hand-written deploy form.
+
+torch eager (one thread): the eval-mode training model, ``reparam.fuse(model)``
+and the deploy form (see :mod:`models`).
+
+onnxruntime (one intra-op and one inter-op thread, sequential executor): the
+training export as exported (``ORT_DISABLE_ALL``, onnxruntime runs the graph it
+is given), the same file with onnxruntime's own graph optimizations
+(``ORT_ENABLE_ALL``, its default: it folds conv+BN but cannot merge parallel
+branches), the file the ``reparam`` CLI writes from the training export, and the
+deploy export (both also ``ORT_ENABLE_ALL``). Exports use torch's TorchScript
+exporter (``dynamo=False``, constant folding on, dynamic batch dimension).
+
+Each number is the median of interleaved runs: all forms of one model take
+turns every iteration, the order reversing every other iteration, so that a
+slow phase of the shared machine hits them alike; ratios come from one run.
+The time is the calling thread's CPU time (torch and onnxruntime compute on
+it with one thread): the latency on an idle core, which wall time on a machine
+shared with other work overstates by a random wait for a core. Wall-clock
+medians are kept too (``wall`` in ``latest.json``). A ratio is the median over
+iterations of the two forms' back-to-back times. glibc's malloc is set to keep
+freed memory (see :func:`common.keep_freed_memory`) for the whole section.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import warnings
+
+import numpy as np
+import torch
+
+from common import interleaved_ms
+
+TORCH_FORMS = ("training", "fused", "deploy", "deploy (fx)")
+ORT_FORMS = ("training", "training+ORT-opt", "reparam CLI", "deploy")
+
+
+def export(model, path: str, hw: int) -> None:
+    x = torch.randn(1, 3, hw, hw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (x,), path, dynamo=False, input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "N"}, "y": {0: "N"}})
+
+
+def session(path: str, optimize: bool = True):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.log_severity_level = 3
+    opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                     else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+
+
+def cli(src: str, dst: str) -> None:
+    """``reparam SRC DST`` (the command line, with its default onnxruntime check)."""
+    r = subprocess.run([sys.executable, "-m", "reparam", src, dst, "-q"], capture_output=True,
+                       text=True)
+    if r.returncode:
+        raise RuntimeError(f"reparam CLI failed ({r.returncode}): {r.stderr.strip()}")
+
+
+def _rel(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+def measure(title: str, training, deploy, hw: int, batches, settings: dict) -> list[dict]:
+    """Rows ``{model, batch, backend, <form>: ms, ...}`` for one model, torch then onnxruntime."""
+    import reparam
+
+    torch.set_num_threads(1)
+    fused = reparam.fuse(training)
+    # the deploy form as a torch.fx GraphModule, like the fused model: the same Python
+    # call overhead per module (a deploy form with leftover BN already is one)
+    deploy_fx = deploy if isinstance(deploy, torch.fx.GraphModule) else torch.fx.symbolic_trace(deploy)
+    rows = []
+    with torch.no_grad():
+        x1 = torch.randn(1, 3, hw, hw, generator=torch.Generator().manual_seed(0))
+        ref = training(x1)
+        errs = {k: _rel(m(x1), ref) for k, m in (("fused", fused), ("deploy", deploy))}
+        for b in batches:
+            x = torch.randn(b, 3, hw, hw, generator=torch.Generator().manual_seed(b))
+            iters, budget, warmup = settings[b]
+            fns = {"training": lambda: training(x), "fused": lambda: fused(x),
+                   "deploy": lambda: deploy(x), "deploy (fx)": lambda: deploy_fx(x)}
+            ms = interleaved_ms(fns, iters, warmup=warmup, budget_s=budget)
+            rows.append({"model": title, "batch": b, "backend": "torch",
+                         **{k: v[0] for k, v in ms.items()}, "wall": {k: v[1] for k, v in ms.items()},
+                         "samples": {k: v[2] for k, v in ms.items()}, "check": max(errs.values())})
+    with tempfile.TemporaryDirectory() as d:
+        paths = {k: os.path.join(d, f"{k}.onnx") for k in ("training", "deploy", "fused")}
+        export(training, paths["training"], hw)
+        export(deploy, paths["deploy"], hw)
+        cli(paths["training"], paths["fused"])
+        sessions = {"training": session(paths["training"], optimize=False),
+                    "training+ORT-opt": session(paths["training"]),
+                    "reparam CLI": session(paths["fused"]),
+                    "deploy": session(paths["deploy"])}
+        feed1 = {"x": x1.numpy()}
+        ref = sessions["training"].run(None, feed1)[0]
+        err = max(_rel(s.run(None, feed1)[0], ref) for s in sessions.values())
+        for b in batches:
+            feed = {"x": np.random.default_rng(b).standard_normal((b, 3, hw, hw)).astype(np.float32)}
+            iters, budget, warmup = settings[b]
+            fns = {k: (lambda s=s: s.run(None, feed)) for k, s in sessions.items()}
+            ms = interleaved_ms(fns, iters, warmup=warmup, budget_s=budget)
+            rows.append({"model": title, "batch": b, "backend": "onnxruntime",
+                         **{k: v[0] for k, v in ms.items()}, "wall": {k: v[1] for k, v in ms.items()},
+                         "samples": {k: v[2] for k, v in ms.items()}, "check": err})
+    return rows
