@@ -1,4 +1,4 @@
-"""Fusing cost: wall time and peak memory of ``reparam.fuse`` and of the CLI against model size.
+"""Fusing cost: time and peak memory of ``reparam.fuse`` and of the CLI against model size.
 
 Each size of the RepVGG-like sweep (:data:`models.COST_SIZES`) runs in a fresh
 worker process (``python benchmarks/cost.py --worker WIDTH DEPTH OUT``) that
@@ -7,8 +7,9 @@ verification) and reads its own peak resident memory, then exports the model
 to ONNX (TorchScript exporter, ``dynamo=False``) at ``OUT`` in a temporary
 folder. The CLI (``python -m reparam IN OUT``, with its default onnxruntime
 check on 3 random inputs) then runs on that file in its own process; its peak
-memory is that process's maximum resident set size (``wait4``), its time the
-wall time of the whole command (interpreter start included).
+memory is that process's peak resident set size (``VmHWM`` read at its exit:
+``ru_maxrss`` would also count the parent it was forked from), its time the
+wall time of the whole command (interpreter start included) and its CPU time.
 
 ``fuse`` memory is reported as the peak above what the process held before the
 call (the model itself and the imports), in multiples of the model's parameter

@@ -137,8 +137,8 @@ def load(path) -> tuple[onnx.ModelProto, bool]:
         light = onnx_file.lazy_copy(model, path, _SMALL)
         if light is not None:  # the parsed model (every weight) goes; the checker reads the file
             model = light
-            onnx_file.release_freed_memory()
             validate(model, path, check_file=path if check else False)
+            onnx_file.release_freed_memory()  # the parsed model, and the checker's copy
             return model, external
     validate(model, path)
     return model, external

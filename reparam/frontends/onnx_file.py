@@ -134,6 +134,21 @@ def lazy_copy(model, path, min_bytes: int):
     return light if lazy else None
 
 
+def map_large_allocations(threshold: int = 1 << 20) -> None:
+    """Have glibc's malloc give each allocation of ``threshold`` bytes or more its own
+    mapping, handed back to the system when freed. By default the threshold rises to
+    the largest block freed so far (up to 32 MiB) and freed blocks below it stay in the
+    heap, so a process that reads, folds and writes weights of 1 - 32 MiB keeps several
+    copies of them resident. For a process that handles large models, such as the
+    command line; a no-op without glibc."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").mallopt(-3, ctypes.c_int(threshold))  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
 def release_freed_memory() -> None:
     """Hand memory freed inside the process back to the system where the C library can
     (glibc's ``malloc_trim``): freed blocks below malloc's mmap threshold otherwise stay
