@@ -335,14 +335,8 @@ def _copy_fields_into(dst, fd, val) -> None:
 
 def _copy_fields(src, dst, skip=()) -> None:
     for fd, val in src.ListFields():
-        if fd.name in skip:
-            continue
-        if hasattr(val, "extend"):  # repeated field
-            getattr(dst, fd.name).extend(val)
-        elif fd.message_type is not None:
-            getattr(dst, fd.name).CopyFrom(val)
-        else:
-            setattr(dst, fd.name, val)
+        if fd.name not in skip:
+            _copy_fields_into(dst, fd, val)
 
 
 def _light_copy(model: onnx.ModelProto) -> onnx.ModelProto:
