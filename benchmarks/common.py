@@ -5,6 +5,7 @@ processes that measure memory start from a small footprint.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import statistics
@@ -25,30 +26,41 @@ def add_paths() -> None:
 
 # --- timing --------------------------------------------------------------------------
 
-def interleaved_ms(fns: dict, iters: int, warmup: int = 2, budget_s: float | None = None) -> dict:
+def interleaved_ms(fns: dict, iters: int, warmup: int = 2, budget_s: float | None = None,
+                   seed: int = 0) -> dict:
     """Median time (ms) of each zero-argument callable in ``fns``:
     ``{name: (cpu, wall, cpu of every iteration)}``.
 
-    The callables take turns every iteration (the order reversing every other
-    iteration), so a slow phase of the shared machine hits them all alike.
+    The callables take turns: every iteration runs each once, in a random order
+    whose first callable is never the previous iteration's last, so that none
+    runs twice in a row (a repeat finds its weights in cache) and each sees the
+    same mix of neighbours; a slow phase of the shared machine hits them alike.
     ``cpu`` is the calling thread's CPU time (``time.thread_time``): with one
     thread torch and onnxruntime compute on the calling thread, so it is the
     latency on an idle core, without the waits for a core that other work on
     a shared machine adds to ``wall``. ``budget_s`` stops early (after at least
     5 iterations) once exceeded.
     """
+    import random
+
     names = list(fns)
+    rng = random.Random(seed)
     for _ in range(warmup):
         for n in names:
             fns[n]()
     cpu, wall = {n: [] for n in names}, {n: [] for n in names}
-    start = time.perf_counter()
+    start, last = time.perf_counter(), names[-1]
     for it in range(iters):
-        for n in (names if it % 2 == 0 else names[::-1]):
+        order = names[:]
+        rng.shuffle(order)
+        if len(order) > 1 and order[0] == last:
+            order[0], order[-1] = order[-1], order[0]
+        for n in order:
             t, c = time.perf_counter(), time.thread_time()
             fns[n]()
             cpu[n].append(time.thread_time() - c)
             wall[n].append(time.perf_counter() - t)
+        last = order[-1]
         if budget_s is not None and it >= 4 and time.perf_counter() - start > budget_s:
             break
     return {n: (1e3 * statistics.median(cpu[n]), 1e3 * statistics.median(wall[n]),
@@ -56,30 +68,39 @@ def interleaved_ms(fns: dict, iters: int, warmup: int = 2, budget_s: float | Non
 
 
 def paired_ratio(a: list[float], b: list[float]) -> float:
-    """Median over iterations of ``a[i] / b[i]``: each pair ran back to back (interleaved),
-    so a slow phase of the machine cancels out of each ratio."""
+    """Median over iterations of ``a[i] / b[i]``: each pair ran in the same round of
+    :func:`interleaved_ms`, so a slow phase of the machine cancels out of each ratio."""
     return statistics.median(x / y for x, y in zip(a, b))
 
 
-def keep_freed_memory() -> bool:
-    """Make glibc's malloc keep freed memory for reuse (no ``munmap``, no heap trimming).
+@contextlib.contextmanager
+def warm_heap():
+    """Within the block, glibc's malloc keeps freed memory for reuse (no ``munmap``, no
+    heap trimming); yields whether it could be set (glibc only).
 
-    Otherwise every large activation is fresh memory whose first touch page-faults:
-    up to a third of a batch-32 inference of the small zoo networks, and how much
-    depends on the order in which a model frees its tensors (a torch.fx
-    GraphModule frees each one right after its last use, eager code later) rather
-    than on the computation. A warm heap is what a serving process has.
-    Returns whether it could be set (glibc only).
+    Otherwise every large activation of a torch model is fresh memory whose first
+    touch page-faults: up to a third of a batch-32 inference of the small zoo
+    networks, and how much depends on the order in which a model frees its tensors
+    (a torch.fx GraphModule frees each one right after its last use, eager code
+    later) rather than on the computation. A warm heap is what a serving process
+    has. On leaving, fixed thresholds of 128 KiB (glibc's initial values) are set,
+    so that later allocations (onnxruntime's arenas) get their own mappings again.
     """
     import ctypes
 
     try:
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        big = ctypes.c_int(2**31 - 1)
-        return bool(libc.mallopt(m_mmap_threshold, big) and libc.mallopt(m_trim_threshold, big))
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
     except (OSError, AttributeError):
-        return False
+        yield False
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    big = ctypes.c_int(2**31 - 1)
+    ok = bool(mallopt(m_mmap_threshold, big) and mallopt(m_trim_threshold, big))
+    try:
+        yield ok
+    finally:
+        mallopt(m_mmap_threshold, ctypes.c_int(128 * 1024))
+        mallopt(m_trim_threshold, ctypes.c_int(128 * 1024))
 
 
 def median_seconds(fn, runs: int) -> tuple[float, list[float]]:

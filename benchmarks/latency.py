@@ -12,14 +12,16 @@ deploy export (both also ``ORT_ENABLE_ALL``). Exports use torch's TorchScript
 exporter (``dynamo=False``, constant folding on, dynamic batch dimension).
 
 Each number is the median of interleaved runs: all forms of one model take
-turns every iteration, the order reversing every other iteration, so that a
-slow phase of the shared machine hits them alike; ratios come from one run.
+turns every iteration, in a random order that never runs one form twice in a
+row, so that a slow phase of the shared machine hits them alike and none
+finds its weights in cache more often; ratios come from one run.
 The time is the calling thread's CPU time (torch and onnxruntime compute on
 it with one thread): the latency on an idle core, which wall time on a machine
 shared with other work overstates by a random wait for a core. Wall-clock
 medians are kept too (``wall`` in ``latest.json``). A ratio is the median over
-iterations of the two forms' back-to-back times. glibc's malloc is set to keep
-freed memory (see :func:`common.keep_freed_memory`) for the whole section.
+iterations of the two forms' times in the same round. For the torch timings
+glibc's malloc keeps freed memory (see :func:`common.warm_heap`); onnxruntime
+has its own arenas.
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ import warnings
 import numpy as np
 import torch
 
-from common import interleaved_ms
+from common import interleaved_ms, warm_heap
 
 TORCH_FORMS = ("training", "fused", "deploy", "deploy (fx)")
 ORT_FORMS = ("training", "training+ORT-opt", "reparam CLI", "deploy")
@@ -91,7 +93,8 @@ def measure(title: str, training, deploy, hw: int, batches, settings: dict) -> l
             iters, budget, warmup = settings[b]
             fns = {"training": lambda: training(x), "fused": lambda: fused(x),
                    "deploy": lambda: deploy(x), "deploy (fx)": lambda: deploy_fx(x)}
-            ms = interleaved_ms(fns, iters, warmup=warmup, budget_s=budget)
+            with warm_heap():
+                ms = interleaved_ms(fns, iters, warmup=warmup, budget_s=budget)
             rows.append({"model": title, "batch": b, "backend": "torch",
                          **{k: v[0] for k, v in ms.items()}, "wall": {k: v[1] for k, v in ms.items()},
                          "samples": {k: v[2] for k, v in ms.items()}, "check": max(errs.values())})

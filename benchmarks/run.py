@@ -78,10 +78,11 @@ def log(msg: str) -> None:
 
 def run_latency(args) -> dict:
     import latency
-    from common import keep_freed_memory
+    from common import warm_heap
     from models import catalogue
 
-    warm = keep_freed_memory()
+    with warm_heap() as warm:  # only to report whether it can be set
+        pass
 
     if args.quick:
         cat = catalogue(widths=(0.5,), families=("repvgg",))
@@ -176,8 +177,8 @@ def latency_md(lat: dict, checks: list) -> str:
         "a model take turns) of the calling thread's CPU time: the latency on an idle core "
         "(the machine is shared; wall-clock medians are in `latest.json`). Ratios against the "
         "deploy form come from the same run: the median over iterations of the two forms' "
-        "back-to-back times. glibc malloc keeps freed memory (a warm heap, as in a serving "
-        "process"
+        "times in the same round (the forms run in a random order each round). For torch, "
+        "glibc malloc keeps freed memory (a warm heap, as in a serving process"
         + ("" if lat.get("warm_heap", True) else "; could not be set here") +
         "): otherwise first-touch page faults of fresh activations, up to a third of a "
         "batch-32 inference of the small networks, depend on when a model frees its tensors. "

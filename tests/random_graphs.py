@@ -636,10 +636,10 @@ def _attrs(node) -> dict:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
-def eval_onnx(model, feeds: dict, dtype=None) -> list:
+def eval_onnx(model, feeds: dict, dtype=None, every_tensor: bool = False):
     """Outputs of ``model`` on ``feeds`` computed with torch in ``dtype`` (float64 unless given):
     an evaluator independent of onnxruntime and of reparam, for the ops these graphs and
-    reparam's output use."""
+    reparam's output use. ``every_tensor``: a dict of every tensor computed (and fed) instead."""
     import torch
     import torch.nn.functional as F
     from onnx import numpy_helper
@@ -704,4 +704,6 @@ def eval_onnx(model, feeds: dict, dtype=None) -> list:
         else:
             raise NotImplementedError(op)
         env[node.output[0]] = y
+    if every_tensor:
+        return {k: v for k, v in env.items() if k and k not in {t.name for t in model.graph.initializer}}
     return [env[o.name] for o in model.graph.output]

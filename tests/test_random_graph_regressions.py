@@ -93,8 +93,9 @@ REGRESSIONS = {
         Op("identity", (11,))),
     ),
     # Not a bug: tanh of pre-activations up to 136 (a BN of small variance). Measured on one
-    # input (20 elements) the float32 original erred 4.0e-7 and the fused model 1.6e-6; on 64
-    # inputs both err 2.7e-6. Float32 errors are now measured on 16 inputs (F32_BATCH).
+    # input (20 elements, largest element) the float32 original erred 4.0e-7 and the fused
+    # model 1.6e-6; on 64 inputs both 2.7e-6. Float32 errors are now 2-norms over F32_BATCH
+    # inputs (f32_ok).
     "float32_error_measured_on_one_input": Spec(shape=(1, 6, 4, 5), seed=235, outputs=(12,), ops=(
         Op("conv", (0,), conv(4)),
         Op("bn", (1,), BN),
@@ -108,6 +109,142 @@ REGRESSIONS = {
         Op("add", (9, 6)),
         Op("sub", (10, 8)),
         Op("act", (11,), dict(fn="tanh", functional=False))),
+    ),
+    # ONNX: Sum(t12 / c, t12, bn(t12) / c', bn(t12)) with the second BN also read elsewhere:
+    # the scale and the identity merge into one conv and three terms stay, lowered as two Adds
+    # for the one Sum: 21 nodes for 20. Fixed in frontends/onnx.py (lower): a sum of three or
+    # more terms with coefficients 1 is one Sum node.
+    "onnx_sum_stays_one_node": Spec(shape=(1, 1, 3, 3), outputs=(19, 20), ops=(
+        Op("conv", (0,), conv(4, k=(2, 2), pads=((0, 1), (0, 1)))),
+        Op("conv", (1,), conv(2, k=(2, 2), pads=((0, 1), (0, 1)))),
+        Op("conv", (0,), conv(2)),
+        Op("add", (2, 3)),
+        Op("add", (4, 2)),
+        Op("bn", (5,), BN),
+        Op("bn", (5,), BN),
+        Op("conv", (7,), conv(2, k=(2, 2), pads=((0, 1), (0, 1)))),
+        Op("add", (6, 8)),
+        Op("conv", (9,), conv(2, stride=(1, 2))),
+        Op("conv", (9,), conv(2, stride=(1, 2))),
+        Op("add", (10, 11)),
+        Op("affine", (12,), dict(op="div", shape="c11", const_first=False)),
+        Op("bn", (12,), BN),
+        Op("affine", (14,), dict(op="div", shape="c11", const_first=False)),
+        Op("bn", (12,), BN),
+        Op("sum", (13, 12, 15, 16)),
+        Op("bn", (17,), BN),
+        Op("concat", (18, 10)),
+        Op("bn", (16,), BN)),
+    ),
+    # fx: x -> Identity -> AvgPool, summed with the Identity's output, then convs. The pool's
+    # channel count is read off a nearby conv, but the search did not pass through Identity
+    # nodes (they are dropped by a rule, after lifting): the pool stayed opaque, and fusing the
+    # fused model (no Identity left) folded it. Fixed in frontends/fx.py (_channels_of): an
+    # Identity passes channels through.
+    "fx_pool_behind_identity": Spec(shape=(1, 1, 3, 3), outputs=(7,), ops=(
+        Op("identity", (0,)),
+        Op("avgpool", (1,), dict(k=(1, 3), stride=(1, 1), pad=(0, 1), count_include_pad=True)),
+        Op("add", (1, 2)),
+        Op("identity", (3,)),
+        Op("conv", (4,), conv(1)),
+        Op("conv", (4,), conv(1)),
+        Op("add", (5, 6))),
+    ),
+    # Not a bug: float32 error dominated by a few steep sigmoid elements after BNs of small
+    # variance. On 16 inputs (2-norm) the torch original erred 2.2e-7 (onnxruntime's 1.8e-6)
+    # and the fused model 2.1e-6; on 256 inputs 2.3e-6 and 1.5e-6. F32_BATCH is now 128.
+    "float32_error_measured_on_16_inputs": Spec(shape=(1, 3, 3, 6), outputs=(16, 32), ops=(
+        Op("conv", (0,), conv(6, k=(2, 2), pads=((0, 0), (1, 1)))),
+        Op("bn", (1,), BN),
+        Op("conv", (0,), conv(6, k=(2, 2), pads=((0, 0), (1, 1)))),
+        Op("conv", (0,), conv(6, k=(2, 2), pads=((0, 0), (1, 1)))),
+        Op("conv", (0,), conv(6, k=(2, 2), pads=((0, 0), (0, 2)), groups=3, bias=True)),
+        Op("add", (2, 3)),
+        Op("add", (6, 4)),
+        Op("add", (7, 5)),
+        Op("conv", (8,), conv(6)),
+        Op("conv", (8,), conv(6)),
+        Op("bn", (10,), dict(BN, var="small")),
+        Op("add", (9, 11)),
+        Op("conv", (12,), conv(6)),
+        Op("bn", (13,), BN),
+        Op("conv", (12,), conv(6, k=(6, 6), pads=((2, 3), (2, 3)))),
+        Op("add", (14, 15)),
+        Op("conv", (15,), conv(1)),
+        Op("conv", (17,), conv(1, k=(1, 3), pads=((0, 0), (1, 1)))),
+        Op("conv", (17,), conv(1)),
+        Op("affine", (19,), dict(op="mul", shape="c11", const_first=False)),
+        Op("add", (18, 20)),
+        Op("conv", (21,), conv(1, k=(2, 2), dilation=(2, 2), pads=((1, 1), (0, 1)))),
+        Op("bn", (22,), dict(BN, var="small")),
+        Op("conv", (21,), conv(1, k=(1, 2))),
+        Op("conv", (21,), conv(1)),
+        Op("conv", (25,), conv(1, k=(1, 2))),
+        Op("conv", (21,), conv(1)),
+        Op("conv", (27,), conv(1, k=(1, 2))),
+        Op("add", (23, 24)),
+        Op("sub", (29, 26)),
+        Op("add", (30, 28)),
+        Op("act", (31,), dict(fn="sigmoid", functional=False))),
+    ),
+    # Not a bug: relu(conv+BN + conv+BN(small variance) + conv(pad(x))) then 1x1 convs. ReLU keeps
+    # only pre-activations near the cancellation of a*W*x and a*mean (|a*mean| = 32), where the
+    # rounding of the folded bias makes the fused output err 1.0e-6 against the original's 2.9e-7
+    # (2-norm, 128 inputs) though its pre-activations err less (8.0e-5 against 2.0e-4). Its
+    # largest error is 1e-7 of the largest magnitude it is computed from (66): f32_ok's bound.
+    "float32_relu_keeps_cancelled_elements": Spec(shape=(1, 2, 5, 7), seed=400, outputs=(22,), ops=(
+        Op("conv", (0,), conv(1, k=(4, 4), pads=((1, 2), (1, 2)))),
+        Op("bn", (1,), BN),
+        Op("conv", (0,), conv(1, k=(4, 3), dilation=(2, 1), pads=((1, 5), (0, 2)))),
+        Op("bn", (3,), dict(BN, var="small")),
+        Op("pad", (0,), PAD0),
+        Op("conv", (5,), conv(1, k=(2, 2), pads=((0, 1), (0, 1)))),
+        Op("add", (2, 4)),
+        Op("add", (7, 6)),
+        Op("act", (8,), RELU),
+        Op("conv", (9,), conv(1)),
+        Op("conv", (10,), conv(2)),
+        Op("conv", (10,), conv(2)),
+        Op("add", (11, 12)),
+        Op("conv", (13,), conv(2)),
+        Op("conv", (13,), conv(2)),
+        Op("add", (14, 15)),
+        Op("conv", (16,), conv(2)),
+        Op("conv", (16,), conv(2)),
+        Op("add", (17, 18)),
+        Op("conv", (19,), conv(2)),
+        Op("conv", (19,), conv(2)),
+        Op("add", (20, 21))),
+    ),
+    # Not a bug: the same cancellation before a Sigmoid, then 1x1 convs shrinking the output to
+    # 0.05: fused 9.9e-6 against the original's 2.6e-6 (2-norm, 128 inputs). f32_ok's magnitude
+    # counts the pre-activations through the Sigmoid's slope (1/4).
+    "float32_sigmoid_after_cancellation": Spec(shape=(1, 5, 5, 3), seed=400, outputs=(25,), ops=(
+        Op("conv", (0,), conv(1)),
+        Op("bn", (1,), BN),
+        Op("conv", (0,), conv(1, k=(2, 3), dilation=(1, 2), pads=((0, 1), (2, 2)), bias=True)),
+        Op("bn", (3,), dict(BN, var="small")),
+        Op("conv", (0,), conv(1, k=(3, 3), pads=((0, 2), (0, 2)))),
+        Op("add", (2, 4)),
+        Op("add", (6, 5)),
+        Op("act", (7,), dict(fn="sigmoid", functional=False)),
+        Op("conv", (8,), conv(1)),
+        Op("conv", (8,), conv(1)),
+        Op("conv", (8,), conv(1)),
+        Op("conv", (8,), conv(1)),
+        Op("add", (9, 10)),
+        Op("add", (13, 11)),
+        Op("add", (14, 12)),
+        Op("conv", (15,), conv(1)),
+        Op("conv", (15,), conv(1)),
+        Op("add", (16, 17)),
+        Op("conv", (18,), conv(1)),
+        Op("conv", (18,), conv(1)),
+        Op("add", (19, 20)),
+        Op("conv", (21,), conv(1)),
+        Op("conv", (21,), conv(1)),
+        Op("add", (22, 23)),
+        Op("conv", (24,), conv(1))),
     ),
     # Not bugs, but where fusing the fused model fires a rule again with the same result (the
     # fx lowering writes an asymmetric conv as pad + conv; ONNX keeps an output name with an

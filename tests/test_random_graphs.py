@@ -5,10 +5,11 @@ model and fused; the properties (each run on every example of the hypothesis
 profile: ``ci`` 300, ``thorough`` 10,000, see conftest.py):
 
 * float64: the fused model matches the original within 1e-10 of each output's
-  largest magnitude;
+  largest magnitude (of the terms it cancels, for a cancelled output, see :func:`f64_ok`);
 * float32: the fused model's error against a float64 evaluation of the original
   is at most ``max(1e-6, 2 * the float32 original's own error)`` (relative errors
-  in the 2-norm of each output, over 16 inputs; see :func:`f32_ok`);
+  in the 2-norm of each output, over 128 inputs), or at most 1e-6 of the largest
+  magnitude the output is computed from (see :func:`f32_ok`);
 * cost: the fused graph has no more nodes and no more multiply-adds than the
   original, both counted here from shapes (independently of reparam's cost model);
 * fusing the fused model gives the same model (fx: code and weights; ONNX: the
@@ -53,6 +54,40 @@ def single_thread():
 
 
 # --- measuring -------------------------------------------------------------------------------------
+
+def magnitudes(spec, x, sigmoid_slope: float = 0.0) -> list[float]:
+    """Per output of ``spec``, the largest magnitude (float64, on ``x``) of it and of the tensors
+    it is computed from, each weighted by the product of the largest slopes of the Sigmoids on
+    the way (``sigmoid_slope``; the other non-linearities have slope at most 1).
+
+    With slope 0 (float64 cancellation) a Sigmoid stops the search: its small outputs are small
+    values, not small differences of large ones. With 1/4 (float32 rounding) an error of its
+    input reaches its output shrunk at most 4 times.
+    """
+    env = eval_onnx(to_onnx(spec, TensorProto.DOUBLE), {"x": x}, every_tensor=True)
+    top = [float(env["x" if j == 0 else f"t{j}"].abs().max()) for j in range(len(spec.ops) + 1)]
+    out = []
+    for j in spec.outputs:
+        best, stack = {}, [(j, 1.0)]
+        while stack:
+            k, w = stack.pop()
+            if w <= best.get(k, 0.0):
+                continue
+            best[k] = w
+            op = spec.ops[k - 1] if k else None
+            if op is not None:
+                w_in = w * (sigmoid_slope if op.kind == "act" and op.attrs["fn"] == "sigmoid" else 1.0)
+                stack.extend((i, w_in) for i in op.inputs)
+        out.append(max(w * top[k] for k, w in best.items()))
+    return out
+
+
+#: an output whose largest element is below this fraction of the largest magnitude it is
+#: computed from is a cancellation of larger terms: its float value is their rounding noise,
+#: and its error is measured against them (t - (t + x - x) is 0 in float64 arithmetic, or
+#: 1e-16: either is exact)
+CANCELLED = 1e-3
+
 
 def rel_err(got, ref) -> float:
     """max|got - ref| relative to max|ref| (absolute where ref is all zeros)."""
@@ -189,8 +224,9 @@ def check_fx_float64(spec):
     assert_module_unchanged(model, before, fused)
     check_refusals(rep)
     x = spec.input()
-    for r, g in zip(run_module(model, x, torch.float64), run_module(fused, x, torch.float64), strict=True):
-        assert rel_err(g, r) <= F64_RTOL
+    for r, g, m in zip(run_module(model, x, torch.float64), run_module(fused, x, torch.float64),
+                       magnitudes(spec, x), strict=True):
+        assert f64_ok(g, r, m), (rel_err(g, r), m)
 
 
 def rel_err2(got, ref) -> float:
@@ -202,17 +238,34 @@ def rel_err2(got, ref) -> float:
 
 
 #: float32 errors are measured on this many inputs: the original's own error is then a steady
-#: estimate, not the luck of a few elements
-F32_BATCH = 16
+#: estimate, not the luck of a few elements (on 16 inputs, a graph whose float32 error comes
+#: from a few steep sigmoid elements erred 2.2e-7 unfused and 2.1e-6 fused; on 256, 2.3e-6
+#: and 1.5e-6; over 2,000 random graphs the worst ratio to the bound was 0.93 with 16, 0.73
+#: with 128)
+F32_BATCH = 128
 
 
 def batched(spec, n=F32_BATCH):
     return dataclasses.replace(spec, shape=(n, *spec.shape[1:]))
 
 
-def f32_ok(got, orig, ref) -> bool:
+def f64_ok(got, ref, magnitude) -> bool:
+    """``max|got - ref| <= 1e-10 * max|ref|``; for a cancelled output (see :data:`CANCELLED`),
+    ``1e-10`` of the magnitude it cancels, ``CANCELLED * magnitude``."""
+    scale = max(float(np.abs(ref).max()), CANCELLED * magnitude)
+    return float(np.abs(np.asarray(got, np.float64) - ref).max()) <= F64_RTOL * scale
+
+
+#: the largest slope of the Sigmoid: an error of its input reaches its output at most this large
+SIGMOID_SLOPE = 0.25
+
+
+def f32_ok(got, orig, ref, magnitude) -> bool:
     """The fused float32 model errs at most ``max(1e-6, 2 * the float32 original's error)``
-    (relative 2-norm errors against the float64 evaluation of the original).
+    (relative 2-norm errors against the float64 evaluation of the original), or at most
+    ``1e-6`` of ``magnitude``, the largest magnitude the output is computed from (its largest
+    error against the float64 reference: about 16 float32 rounding units at that scale; see
+    :func:`magnitudes`, with Sigmoids shrinking errors by :data:`SIGMOID_SLOPE`).
 
     The 2-norm, not the largest element: one element's rounding is luck, and folding changes
     which elements are unlucky. In the largest-element norm the bound fails on about 0.1-0.2% of
@@ -220,8 +273,18 @@ def f32_ok(got, orig, ref) -> bool:
     ``a*W*x + (beta - a*mean)``, whose float32 rounding of terms of size ``|a*mean|`` that
     cancel is more than twice that of ``a*(W*x - mean) + beta`` at the few elements where tanh
     is steep (test_random_graph_regressions.py keeps such a graph).
+
+    The magnitude: an output that is a small remainder of larger terms carries their rounding.
+    ``relu(conv -> BN of small variance + ...)`` (kept as a regression) has pre-activations up to
+    66; the fused ones err less than the original's over all elements (2-norm 8.0e-5 against
+    2.0e-4), but ReLU keeps only elements near the cancellation of ``a*W*x`` and ``a*mean``,
+    where the rounding of the folded bias ``beta - a*mean`` (no exact fold into one float32 conv
+    avoids it) makes the fused output err 3.5 times the original's (1.0e-6 against 2.9e-7 of an
+    output whose largest element is 0.31). Its largest error, 1e-7 of 66, is within this bound.
     """
-    return rel_err2(got, ref) <= max(F32_FLOOR, 2 * rel_err2(orig, ref))
+    if rel_err2(got, ref) <= max(F32_FLOOR, 2 * rel_err2(orig, ref)):
+        return True
+    return float(np.abs(np.asarray(got, np.float64) - ref).max()) <= F32_FLOOR * magnitude
 
 
 def check_fx_float32(spec):
@@ -232,9 +295,9 @@ def check_fx_float32(spec):
     fused, rep = reparam.fuse(model, report=True)
     check_refusals(rep)
     orig, got = run_module(model, x, torch.float32), run_module(fused, x, torch.float32)
-    for r, o, g in zip(ref, orig, got, strict=True):
+    for r, o, g, m in zip(ref, orig, got, magnitudes(spec, x, SIGMOID_SLOPE), strict=True):
         assert g.dtype == np.float32
-        assert f32_ok(g, o, r), (rel_err2(g, r), rel_err2(o, r))
+        assert f32_ok(g, o, r, m), (rel_err2(g, r), rel_err2(o, r), m)
 
 
 def check_fx_cost_and_idempotent(spec):
@@ -258,8 +321,8 @@ def check_onnx_float64(spec):
     onnx.checker.check_model(fused, full_check=True)
     assert fused.graph.input == model.graph.input and fused.graph.output == model.graph.output
     x = spec.input()
-    for r, g in zip(run_onnx64(model, x), run_onnx64(fused, x), strict=True):
-        assert rel_err(g, r) <= F64_RTOL
+    for r, g, m in zip(run_onnx64(model, x), run_onnx64(fused, x), magnitudes(spec, x), strict=True):
+        assert f64_ok(g, r, m), (rel_err(g, r), m)
 
 
 def check_onnx_float32(spec):
@@ -270,9 +333,9 @@ def check_onnx_float32(spec):
     fused, rep = reparam.fuse(model, report=True)
     check_refusals(rep)
     orig, got = run_ort(model, x), run_ort(fused, x)
-    for r, o, g in zip(ref, orig, got, strict=True):
+    for r, o, g, m in zip(ref, orig, got, magnitudes(spec, x, SIGMOID_SLOPE), strict=True):
         assert g.dtype == np.float32
-        assert f32_ok(g, o, r), (rel_err2(g, r), rel_err2(o, r))
+        assert f32_ok(g, o, r, m), (rel_err2(g, r), rel_err2(o, r), m)
 
 
 def check_onnx_cost_and_idempotent(spec):

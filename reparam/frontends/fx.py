@@ -220,6 +220,11 @@ def _classify(node: fx.Node, gm: fx.GraphModule, modules: dict):
         list(node.all_input_nodes)
 
 
+#: IR ops whose output has their (first) input's channels (an nn.Identity is lifted as
+#: "identity" and only dropped by a rule, after lifting)
+_PASS_CHANNELS = ("add", "pending", "identity")
+
+
 def _channels_of(node: Node, depth: int = 8):
     """(channels, spatial rank, the conv or BN they were read off) of ``node``'s output,
     from nearby convs and BNs, or None."""
@@ -234,7 +239,7 @@ def _channels_of(node: Node, depth: int = 8):
             return k.out_channels, k.ndim, n
         if n.op == "bn" and n.attrs.get("ndim"):
             return len(n.attrs["weight"]), n.attrs["ndim"], n
-        if n is node or n.attrs.get("same_channels") or n.op in ("add", "pending"):
+        if n is node or n.attrs.get("same_channels") or n.op in _PASS_CHANNELS:
             frontier += [(i, d + 1) for i in n.inputs[:1] if i.op != "constant"]
         for u in n.users:  # a consumer reading this tensor as its (first) input
             if u.inputs and u.inputs[0] is n:
@@ -243,7 +248,7 @@ def _channels_of(node: Node, depth: int = 8):
                     return ku.in_channels, ku.ndim, u
                 if u.op == "bn" and u.attrs.get("ndim"):
                     return len(u.attrs["weight"]), u.attrs["ndim"], u
-                if u.attrs.get("same_channels") or u.op in ("add", "pending"):
+                if u.attrs.get("same_channels") or u.op in _PASS_CHANNELS:
                     frontier.append((u, d + 1))
     return None
 

@@ -1013,6 +1013,9 @@ def lower(lifted: Lifted, release: bool = False) -> onnx.ModelProto:
                 return emit("Mul", [v, k])
 
             coeffs = n.attrs.get("coeffs") or (1.0,) * len(n.inputs)
+            if len(n.inputs) > 2 and all(c == 1 for c in coeffs):  # one node, as a Sum was
+                value[n] = emit("Sum", [value[i] for i in n.inputs])
+                continue
             acc = scaled(value[n.inputs[0]], coeffs[0])
             for c, i in zip(coeffs[1:], n.inputs[1:]):
                 acc = emit("Sub", [acc, value[i]]) if c == -1 else emit("Add", [acc, scaled(value[i], c)])
