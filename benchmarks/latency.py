@@ -22,9 +22,16 @@ medians are kept too (``wall`` in ``latest.json``). A ratio is the median over
 iterations of the two forms' times in the same round. For the torch timings
 glibc's malloc keeps freed memory (see :func:`common.warm_heap`); onnxruntime
 has its own arenas.
+
+Each model is measured in a fresh process (:func:`measure_in_subprocess`): the
+heap and onnxruntime's arenas start alike for every model, not in whatever
+state the models measured before left them (QARepVGG's fused and deploy forms
+are the same six conv+ReLU; at batch 32, a process that had measured two other
+models measured fused/deploy 1.04, a fresh process 0.98).
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -119,3 +126,32 @@ def measure(title: str, training, deploy, hw: int, batches, settings: dict) -> l
                          **{k: v[0] for k, v in ms.items()}, "wall": {k: v[1] for k, v in ms.items()},
                          "samples": {k: v[2] for k, v in ms.items()}, "check": err})
     return rows
+
+
+def measure_in_subprocess(title: str, hw: int | None, batches, settings: dict) -> list[dict]:
+    """:func:`measure` of the catalogue model ``title`` (input ``hw``, or the model's own) in a
+    fresh Python process (see the module docstring)."""
+    with tempfile.TemporaryDirectory() as d:
+        out = os.path.join(d, "rows.json")
+        job = {"title": title, "hw": hw, "batches": list(batches),
+               "settings": {str(b): list(v) for b, v in settings.items()}, "out": out}
+        r = subprocess.run([sys.executable, os.path.abspath(__file__), json.dumps(job)],
+                           capture_output=True, text=True)
+        if r.returncode:
+            raise RuntimeError(f"latency of {title} failed ({r.returncode}): {r.stderr.strip()[-2000:]}")
+        with open(out) as f:
+            return json.load(f)
+
+
+def _main(job: dict) -> None:
+    from models import catalogue
+
+    training, deploy, model_hw = catalogue()[job["title"]]()
+    settings = {int(b): tuple(v) for b, v in job["settings"].items()}
+    rows = measure(job["title"], training, deploy, job["hw"] or model_hw, job["batches"], settings)
+    with open(job["out"], "w") as f:
+        json.dump(rows, f)
+
+
+if __name__ == "__main__":
+    _main(json.loads(sys.argv[1]))

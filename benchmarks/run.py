@@ -92,10 +92,9 @@ def run_latency(args) -> dict:
         # (iterations, time budget in s: at least 5 iterations, warm-up iterations)
         batches, settings, hw = (1, 32), {1: (150, 25.0, 2), 32: (20, 60.0, 1)}, None
     rows = []
-    for title, build in cat.items():
+    for title in cat:
         t = time.perf_counter()
-        training, deploy, model_hw = build()
-        rows += latency.measure(title, training, deploy, hw or model_hw, batches, settings)
+        rows += latency.measure_in_subprocess(title, hw, batches, settings)
         log(f"  latency {title}: {time.perf_counter() - t:.0f} s")
     return {"rows": rows, "batches": list(batches), "hw": hw, "warm_heap": warm}
 
@@ -177,7 +176,11 @@ def latency_md(lat: dict, checks: list) -> str:
         "a model take turns) of the calling thread's CPU time: the latency on an idle core "
         "(the machine is shared; wall-clock medians are in `latest.json`). Ratios against the "
         "deploy form come from the same run: the median over iterations of the two forms' "
-        "times in the same round (the forms run in a random order each round). For torch, "
+        "times in the same round (the forms run in a random order each round). Each model "
+        "is measured in a fresh process, so that the heap and onnxruntime's arenas start alike "
+        "for every model (QARepVGG's fused and deploy graphs are the same six conv+ReLU; at batch "
+        "32 a process that had measured two models before measured 1.04, a fresh one 0.98). "
+        "For torch, "
         "glibc malloc keeps freed memory (a warm heap, as in a serving process"
         + ("" if lat.get("warm_heap", True) else "; could not be set here") +
         "): otherwise first-touch page faults of fresh activations, up to a third of a "

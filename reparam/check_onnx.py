@@ -14,7 +14,10 @@ import onnx
 from onnx import TensorProto, helper
 
 from .errors import BadInputError, VerificationError
-from .frontends.onnx import PROTOBUF_LIMIT, _dims, _first_line, data_size, save
+from .frontends.onnx import save
+from .frontends.onnx_check import _first_line
+from .frontends.onnx_file import PROTOBUF_LIMIT, data_size
+from .frontends.onnx_lift import _dims
 
 #: default tolerance (relative to max|reference|) per ONNX element type of an output
 RTOL = {TensorProto.FLOAT: 1e-4, TensorProto.DOUBLE: 1e-9, TensorProto.FLOAT16: 1e-2,

@@ -72,7 +72,7 @@ def test_repghost_module_is_one_depthwise_conv():
     assert [(c.kernel_size, c.groups) for c in convs] == [((1, 1), 1), ((3, 3), 16)]
     # fused convs are named after the modules they came from
     names = {n for n, m in fused.named_modules() if isinstance(m, nn.Conv2d)}
-    assert names == {"primary_conv.0", "cheap_operation.0"}
+    assert names == {"primary_conv_0", "cheap_operation_0"}
     # no ReLU between them (the second ghost module of a bottleneck): still two convs,
     # since one dense 3x3 conv would cost more; the report says so
     block = randomize_bn_(RepGhostModule(8, 16, relu=False)).eval()

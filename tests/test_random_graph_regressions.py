@@ -22,7 +22,7 @@ REGRESSIONS = {
     # fx: a zero pad (and a scale, a pool) has no parameters, so the IR node lifted from it had
     # no dtype; the conv merged from it (pad(x) + x) was built in float32 inside a float64
     # model ("Input type (double) and bias type (float) should be the same"). Fixed in
-    # frontends/fx.py: such nodes take the dtype of the conv/BN their channels are read off.
+    # frontends/fx_lift.py: such nodes take the dtype of the conv/BN their channels are read off.
     "fx_pad_branch_dtype": Spec(shape=(1, 2, 3, 3), outputs=(7, 8), ops=(
         Op("conv", (0,), conv(2)),
         Op("conv", (0,), conv(2, k=(2, 2), dilation=(2, 2), pads=((1, 1), (1, 1)))),
@@ -35,7 +35,7 @@ REGRESSIONS = {
     ),
     # fx: (conv1(x) + conv2(x)) - relu(x): the two convs merge, the Add left behind has
     # coefficients (1, -1), and fx lowering ignored coefficients: it emitted merged + relu(x).
-    # Fixed in frontends/fx.py: lowering emits -, neg and * for the coefficients.
+    # Fixed in frontends/fx_lower.py: lowering emits -, neg and * for the coefficients.
     "fx_sub_after_merge": Spec(shape=(1, 2, 3, 3), outputs=(5,), ops=(
         Op("conv", (0,), conv(2)),
         Op("conv", (0,), conv(2)),
@@ -75,7 +75,7 @@ REGRESSIONS = {
     ),
     # ONNX: graph outputs t11 (a merged conv, renamed to t11 when lowered) and t13 = Identity(t11):
     # the Identity restoring t13 read the merged conv's old name, so the output model was invalid
-    # (not topologically sorted, a dangling input). Fixed in frontends/onnx.py (lower): a renamed
+    # (not topologically sorted, a dangling input). Fixed in frontends/onnx_lower.py: a renamed
     # value is renamed for every later output that reads it.
     "onnx_output_read_twice": Spec(shape=(1, 1, 3, 3), outputs=(3, 11, 12, 13), ops=(
         Op("conv", (0,), conv(1)),
@@ -112,7 +112,7 @@ REGRESSIONS = {
     ),
     # ONNX: Sum(t12 / c, t12, bn(t12) / c', bn(t12)) with the second BN also read elsewhere:
     # the scale and the identity merge into one conv and three terms stay, lowered as two Adds
-    # for the one Sum: 21 nodes for 20. Fixed in frontends/onnx.py (lower): a sum of three or
+    # for the one Sum: 21 nodes for 20. Fixed in frontends/onnx_lower.py: a sum of three or
     # more terms with coefficients 1 is one Sum node.
     "onnx_sum_stays_one_node": Spec(shape=(1, 1, 3, 3), outputs=(19, 20), ops=(
         Op("conv", (0,), conv(4, k=(2, 2), pads=((0, 1), (0, 1)))),
@@ -139,7 +139,7 @@ REGRESSIONS = {
     # fx: x -> Identity -> AvgPool, summed with the Identity's output, then convs. The pool's
     # channel count is read off a nearby conv, but the search did not pass through Identity
     # nodes (they are dropped by a rule, after lifting): the pool stayed opaque, and fusing the
-    # fused model (no Identity left) folded it. Fixed in frontends/fx.py (_channels_of): an
+    # fused model (no Identity left) folded it. Fixed in frontends/fx_lift.py (_channels_of): an
     # Identity passes channels through.
     "fx_pool_behind_identity": Spec(shape=(1, 1, 3, 3), outputs=(7,), ops=(
         Op("identity", (0,)),

@@ -14,6 +14,10 @@ Such a light model is internal to reparam: constants are read with
 :func:`materialize` (byte for byte the original TensorProto), so a fused model
 never refers to the input file. The offsets come from a scan of the protobuf
 wire format (:func:`raw_data_spans`) that reads only field headers.
+
+Also here: the size facts that decide how a model is checked and written
+(:data:`PROTOBUF_LIMIT`, :func:`data_size`), the protobuf field copies light
+copies are made with (:func:`_copy_fields`), and glibc malloc helpers.
 """
 from __future__ import annotations
 
@@ -21,8 +25,10 @@ import mmap
 import os
 
 import numpy as np
-from onnx import TensorProto
+from onnx import ModelProto, TensorProto
 
+#: protobuf cannot serialize a message of 2 GiB or more
+PROTOBUF_LIMIT = 2**31 - 1
 MARKER = "__reparam_lazy__"
 #: element types read as plain numpy arrays (what ``numpy_helper.to_array`` returns for them)
 _DTYPES = {TensorProto.FLOAT: np.dtype("<f4"), TensorProto.DOUBLE: np.dtype("<f8"),
@@ -83,6 +89,29 @@ def raw_data_spans(path) -> dict[str, tuple[int, int]]:
     return spans
 
 
+def data_size(model: ModelProto) -> int:
+    """Bytes of tensor data held in the model (initializers and Constant nodes)."""
+    size = sum(t.ByteSize() for t in model.graph.initializer)
+    size += sum(a.t.ByteSize() for n in model.graph.node if n.op_type == "Constant"
+                for a in n.attribute if a.name == "value")
+    return size
+
+
+def _copy_fields_into(dst, fd, val) -> None:
+    if hasattr(val, "extend"):  # repeated field
+        getattr(dst, fd.name).extend(val)
+    elif fd.message_type is not None:
+        getattr(dst, fd.name).CopyFrom(val)
+    else:
+        setattr(dst, fd.name, val)
+
+
+def _copy_fields(src, dst, skip=()) -> None:
+    for fd, val in src.ListFields():
+        if fd.name not in skip:
+            _copy_fields_into(dst, fd, val)
+
+
 def _copy_tensor_fields(src: TensorProto, dst: TensorProto, skip: str) -> None:
     """Every field of ``src`` but ``skip`` into ``dst`` (without reading ``skip``'s value)."""
     for fd in src.DESCRIPTOR.fields:
@@ -103,10 +132,6 @@ def _copy_tensor_fields(src: TensorProto, dst: TensorProto, skip: str) -> None:
 def lazy_copy(model, path, min_bytes: int):
     """A light copy of ``model`` (read from ``path``) whose floating-point initializers of more
     than ``min_bytes`` bytes are read from ``path`` when needed; ``None`` when none qualifies."""
-    from onnx import ModelProto
-
-    from .onnx import _copy_fields
-
     try:
         spans = raw_data_spans(path)
     except (ValueError, IndexError, OSError):

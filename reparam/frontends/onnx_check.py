@@ -1,0 +1,144 @@
+"""Validation of an input ONNX model, before anything is lifted from it.
+
+:func:`validate` raises :class:`~reparam.errors.BadInputError` naming the first
+thing wrong with a model: not a ModelProto, no graph, an opset of the default
+domain the frontend does not read, a zero-size input dimension, external data
+that was not loaded, a node reading a name nothing defines (or a cycle), a
+graph output nothing computes, or what the ONNX checker finds.
+:func:`_check_external_files` names a missing external data file before any is
+read, and :func:`_check_bn_params` BatchNormalization parameters no trained
+model has (lifting calls it on the parameters it reads).
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import onnx
+from onnx import TensorProto
+
+from ..errors import BadInputError
+from . import onnx_file
+from .onnx_file import PROTOBUF_LIMIT, data_size
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0].strip() if text else type(e).__name__
+
+
+def _check_external_files(model: onnx.ModelProto, path: str) -> None:
+    """Name the first external data file that is missing (before reading any of them)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    for t in model.graph.initializer:
+        if t.data_location != TensorProto.EXTERNAL:
+            continue
+        loc = next((e.value for e in t.external_data if e.key == "location"), "")
+        if not loc or not os.path.isfile(os.path.join(folder, loc)):
+            raise BadInputError(f"{path}: external data file {loc!r} of initializer {t.name!r} "
+                                f"is missing (looked in {folder})")
+
+
+#: opsets of the default domain whose operators the frontend reads (Pad-2 to the newest)
+MIN_OPSET = 7
+
+
+def _opset_error(model: onnx.ModelProto) -> str | None:
+    newest = onnx.defs.onnx_opset_version()
+    for o in model.opset_import:
+        if o.domain in ("", "ai.onnx") and not MIN_OPSET <= o.version <= newest:
+            return (f"unsupported opset {o.version} of the default ONNX domain (reparam reads "
+                    f"opsets {MIN_OPSET} to {newest})")
+    return None
+
+
+def _cycle(nodes) -> list[str] | None:
+    """Labels of the nodes on a cycle of the data flow among ``nodes``, if there is one."""
+    producer = {o: k for k, n in enumerate(nodes) for o in n.output if o}
+    state = [0] * len(nodes)  # 0 unvisited, 1 on the stack, 2 done
+    for start in range(len(nodes)):
+        stack = [(start, iter(nodes[start].input))]
+        path = [start]
+        state[start] = 1
+        while stack:
+            k, it = stack[-1]
+            nxt = next((producer[i] for i in it if i in producer), None)
+            if nxt is None:
+                state[k] = 2
+                stack.pop()
+                path.pop()
+            elif state[nxt] == 1:
+                loop = path[path.index(nxt):] + [nxt]
+                return [nodes[j].name or nodes[j].output[0] for j in loop]
+            elif state[nxt] == 0:
+                state[nxt] = 1
+                stack.append((nxt, iter(nodes[nxt].input)))
+                path.append(nxt)
+    return None
+
+
+def validate(model: onnx.ModelProto, what: str = "model", check_file=None) -> None:
+    """Raise BadInputError unless ``model`` is a well-formed ONNX model.
+
+    ``check_file``: run the ONNX checker on this file (the model's own, for a light
+    model from :func:`~reparam.frontends.onnx.load`) instead of on ``model``;
+    ``False``: do not run it.
+    """
+    if not isinstance(model, onnx.ModelProto):
+        raise BadInputError(f"{what}: expected an onnx.ModelProto, got {type(model).__name__}")
+    g = model.graph
+    if model.ir_version <= 0 or not model.HasField("graph") or not (len(g.node) or len(g.output)):
+        raise BadInputError(f"{what}: not an ONNX model (no ir_version or empty graph)")
+    opset_error = _opset_error(model)
+    if opset_error:
+        raise BadInputError(f"{what}: {opset_error}")
+    inits = {t.name for t in g.initializer}
+    for i in g.input:
+        dims = i.type.tensor_type.shape.dim if i.type.HasField("tensor_type") else ()
+        if i.name not in inits and any(d.HasField("dim_value") and d.dim_value == 0 for d in dims):
+            shape = ",".join(str(d.dim_value) if d.HasField("dim_value") else "?" for d in dims)
+            raise BadInputError(f"{what}: input {i.name!r} has a zero-size dimension (shape [{shape}])")
+    names = [t.name for t in g.initializer
+             if t.data_location == TensorProto.EXTERNAL and not onnx_file.is_lazy(t)]
+    if names:
+        raise BadInputError(f"{what}: initializer {names[0]!r} keeps its data in an external file "
+                            "that was not loaded (load the model with its external data)")
+    defined = {i.name for i in g.input} | {t.name for t in g.initializer} | {""}
+    defined |= {t.values.name for t in g.sparse_initializer}
+    for node in g.node:
+        for name in node.input:
+            if name not in defined:
+                label = node.name or (node.output[0] if node.output else node.op_type)
+                loop = _cycle(g.node) if any(name in n.output for n in g.node) else None
+                if loop:
+                    raise BadInputError(f"{what}: the graph has a cycle: {' -> '.join(loop)}")
+                raise BadInputError(
+                    f"{what}: node {label!r} ({node.op_type}) reads {name!r}, which no earlier node, "
+                    "graph input or initializer defines (missing initializer?)")
+        defined.update(node.output)
+    for out in g.output:
+        if out.name not in defined:
+            raise BadInputError(f"{what}: graph output {out.name!r} is not computed by the graph")
+    if check_file is False:
+        return
+    if check_file is not None or data_size(model) < PROTOBUF_LIMIT - (1 << 24):
+        try:
+            onnx.checker.check_model(model if check_file is None else os.fspath(check_file))
+        except Exception as e:
+            raise BadInputError(f"{what}: invalid ONNX model: {_first_line(e)}") from e
+
+
+def _check_bn_params(label: str, params) -> None:
+    """Raise BadInputError for BatchNormalization parameters no trained model has."""
+    for key, p in zip(("scale", "bias", "mean", "variance"), params):
+        p = np.asarray(p).reshape(-1)
+        if p.size == 0:
+            raise BadInputError(f"BatchNormalization {label!r}: zero-size {key} (no channels)")
+        if p.dtype.kind == "f" and not np.isfinite(p).all():
+            k = int(np.flatnonzero(~np.isfinite(p))[0])
+            raise BadInputError(f"BatchNormalization {label!r}: {key} is {p[k]} at channel {k} "
+                                "(NaN or Inf)")
+    var = np.asarray(params[3]).reshape(-1)
+    if var.dtype.kind == "f" and (var < 0).any():
+        k = int(np.flatnonzero(var < 0)[0])
+        raise BadInputError(f"BatchNormalization {label!r}: negative variance {var[k]:g} at channel {k}")

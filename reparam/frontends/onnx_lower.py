@@ -1,0 +1,234 @@
+"""Lowering for the ONNX frontend: the ONNX model computing a lifted (and rewritten) IR.
+
+Every IR node lifted from an ONNX node has ``origin`` = :class:`NodeOrigin`
+(its index in the graph and which input slots are IR inputs). Lowering copies
+that NodeProto byte for byte, only renaming inputs whose producer a rewrite
+replaced; new ``conv``/``add`` nodes become Conv/Add nodes with fresh
+initializers. Then nodes and initializers that only served folded nodes are
+dropped, value_info is re-inferred, and graph inputs, outputs (names, dynamic
+dimensions), opset imports, metadata and every other model field are kept.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from ..ir import Node
+from ..kernel import Conv
+from . import onnx_file
+from .onnx_file import _copy_fields
+from .onnx_lift import (_NP_FLOAT, Lifted, NodeOrigin, OutputsOrigin, TensorOrigin,
+                        _implicit_inputs, infer_value_info)
+
+_ONNX_OF_NP = {np.dtype(v): k for k, v in _NP_FLOAT.items()}
+
+
+class _Names:
+    def __init__(self, taken):
+        self.taken = set(taken)
+
+    def fresh(self, base: str) -> str:
+        name, i = base, 0
+        while name in self.taken:
+            i += 1
+            name = f"{base}_{i}"
+        self.taken.add(name)
+        return name
+
+
+def _live(nodes, outputs) -> list[bool]:
+    """Which of ``nodes`` (in topological order) contribute to ``outputs``."""
+    needed = set(outputs)
+    live = [False] * len(nodes)
+    for k in range(len(nodes) - 1, -1, -1):
+        n = nodes[k]
+        if any(o in needed for o in n.output if o):
+            live[k] = True
+            needed.update(i for i in n.input if i)
+            needed.update(_implicit_inputs(n))
+    return live
+
+
+def _used_names(nodes, outputs) -> set[str]:
+    used = set(outputs)
+    for n in nodes:
+        used.update(n.input)
+        used.update(_implicit_inputs(n))
+    return used
+
+
+def _early(nodes, source) -> list:
+    """``nodes`` with each new one (not in ``source``) moved up to just after its last producer.
+
+    A rewrite inserts the nodes it builds where the nodes they replace ended
+    (e.g. a merged branch conv at its Add tree's root, after the other
+    branches); running them as soon as their inputs exist restores the order
+    the model was written in, which the runtime's sequential executor follows.
+    """
+    out: list = []
+    for p in nodes:
+        if id(p) in source:
+            out.append(p)
+            continue
+        needs = set(p.input)
+        pos = max((k for k, q in enumerate(out) if needs.intersection(q.output)), default=-1)
+        out.insert(pos + 1, p)
+    return out
+
+
+def _add_initializer(graph, name: str, array: np.ndarray) -> None:
+    """``numpy_helper.from_array(array, name)`` built in ``graph`` itself (a TensorProto
+    appended to a graph is copied: a large weight would be in memory twice)."""
+    t = graph.initializer.add()
+    t.name = name
+    t.dims.extend(array.shape)
+    t.data_type = helper.np_dtype_to_tensor_dtype(array.dtype)
+    t.raw_data = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+
+
+def lower(lifted: Lifted, release: bool = False) -> onnx.ModelProto:
+    """The ONNX model computing ``lifted.graph`` (see the module docstring).
+
+    ``release``: drop each new conv's float64 kernel from the IR once its
+    initializers are written (the IR cannot be lowered again afterwards).
+    """
+    model, graph = lifted.model, lifted.graph
+    g = model.graph
+    taken = {i.name for i in g.input} | {o.name for o in g.output} | {t.name for t in g.initializer}
+    taken |= {o for n in g.node for o in n.output} | {n.name for n in g.node if n.name}
+    tensors, node_names = _Names(taken), _Names({n.name for n in g.node})
+    alive_names = {g.node[n.origin.index].name for n in graph.nodes if isinstance(n.origin, NodeOrigin)}
+    node_names.taken = set(alive_names)
+    value: dict[Node, str] = {}
+    nodes: list[onnx.NodeProto] = []
+    source: dict[int, int] = {}  # id of an emitted copy -> index of the node it copies
+    inits: list[tuple] = []  # (name, array or (node, field), dtype): made in ``out`` itself
+    fresh: dict[str, onnx.NodeProto] = {}  # tensor made here -> its producer
+    restored: set[str] = set()
+
+    def elem_of(node: Node):
+        dt = node.attrs.get("dtype")
+        return _ONNX_OF_NP.get(np.dtype(dt), TensorProto.FLOAT) if dt is not None else TensorProto.FLOAT
+
+    for n in graph.nodes:
+        o = n.origin
+        if isinstance(o, NodeOrigin):
+            p = onnx.NodeProto()
+            p.CopyFrom(g.node[o.index])
+            for slot, src in zip(o.slots, n.inputs):
+                if isinstance(slot, int):
+                    p.input[slot] = value[src]
+                elif value[src] != slot and slot not in restored:  # a subgraph reads it by name
+                    restored.add(slot)
+                    nodes.append(helper.make_node("Identity", [value[src]], [slot],
+                                                  name=node_names.fresh(slot + "/reparam_restore")))
+            nodes.append(p)
+            source[id(p)] = o.index
+            if len(p.output) == 1:
+                value[n] = p.output[0]
+        elif isinstance(o, TensorOrigin):
+            value[n] = o.name
+        elif isinstance(o, OutputsOrigin):
+            pass
+        elif n.op == "conv":
+            conv: Conv = n.attrs["kernel"]
+            dt = np.dtype(n.attrs.get("dtype") or np.float32)
+            name = node_names.fresh(n.name or "conv")
+            w, b = tensors.fresh(name + ".weight"), tensors.fresh(name + ".bias")
+            inits.append((w, (n, "weight"), dt))
+            inits.append((b, (n, "bias"), dt))
+            out = tensors.fresh(name + "_output_0")
+            p = helper.make_node(
+                "Conv", [value[n.inputs[0]], w, b], [out], name=name,
+                dilations=list(conv.dilation), group=conv.groups, kernel_shape=list(conv.kernel_size),
+                pads=[p_[0] for p_ in conv.pads] + [p_[1] for p_ in conv.pads],
+                strides=list(conv.stride))
+            nodes.append(p)
+            fresh[out] = p
+            value[n] = out
+        elif n.op == "add":  # sum(c_i * x_i): Add / Sub, Neg or Mul by a constant otherwise
+            base = node_names.fresh(n.name or "add")
+            dt = np.dtype(n.attrs.get("dtype") or np.float32)
+
+            names = iter([base])  # the first node takes the Add's name, later ones fresh ones
+
+            def emit(op, ins):
+                name = next(names, None) or node_names.fresh(base)
+                out = tensors.fresh(name + "_output_0")
+                p = helper.make_node(op, ins, [out], name=name)
+                nodes.append(p)
+                fresh[out] = p
+                return out
+
+            def scaled(v, c):
+                if c == 1:
+                    return v
+                if c == -1:
+                    return emit("Neg", [v])
+                k = tensors.fresh(base + ".coeff")
+                inits.append((k, np.array(c), dt))
+                return emit("Mul", [v, k])
+
+            coeffs = n.attrs.get("coeffs") or (1.0,) * len(n.inputs)
+            if len(n.inputs) > 2 and all(c == 1 for c in coeffs):  # one node, as a Sum was
+                value[n] = emit("Sum", [value[i] for i in n.inputs])
+                continue
+            acc = scaled(value[n.inputs[0]], coeffs[0])
+            for c, i in zip(coeffs[1:], n.inputs[1:]):
+                acc = emit("Sub", [acc, value[i]]) if c == -1 else emit("Add", [acc, scaled(value[i], c)])
+            value[n] = acc
+        else:
+            raise NotImplementedError(f"the ONNX frontend cannot lower new node {n}")
+
+    # graph outputs keep their names: rename a fresh tensor, else copy through an Identity
+    for name, src in zip(lifted.sink.origin.names, lifted.sink.inputs):
+        v = value[src]
+        if v == name:
+            continue
+        if v in fresh and v not in {o.name for o in g.output}:
+            for p in nodes:
+                p.input[:] = [name if i == v else i for i in p.input]
+            fresh[v].output[0] = name
+            fresh[name] = fresh.pop(v)
+            value[src] = name  # a later output of the same value copies the new name
+        else:
+            nodes.append(helper.make_node("Identity", [v], [name],
+                                          name=node_names.fresh(name + "/reparam_output")))
+
+    nodes = _early(nodes, source)
+    # drop what only folded nodes needed; keep whatever was already unused in the input
+    outputs = [o.name for o in g.output]
+    live_before = _live(list(g.node), outputs)
+    live_after = _live(nodes, outputs)
+    kept = [p for p, ok in zip(nodes, live_after)
+            if ok or (id(p) in source and not live_before[source[id(p)]])]
+    used_before = _used_names(list(g.node), outputs)
+    used_after = _used_names(kept, outputs)
+
+    out = onnx.ModelProto()
+    _copy_fields(model, out, skip=("graph",))
+    _copy_fields(g, out.graph, skip=("node", "initializer", "value_info"))
+    out.graph.node.extend(kept)
+    listed = {i.name for i in g.input}  # an initializer listed as graph input stays with it
+    for t in g.initializer:
+        if t.name in used_after or t.name not in used_before or t.name in listed:
+            if onnx_file.is_lazy(t):  # a light model's weight: written back in full
+                onnx_file.materialize(t, out.graph.initializer.add())
+            else:
+                out.graph.initializer.append(t)
+    for k, (name, src, dt) in enumerate(inits):
+        inits[k] = None
+        array = getattr(src[0].attrs["kernel"], src[1]) if isinstance(src, tuple) else src
+        if name in used_after:
+            _add_initializer(out.graph, name, array.astype(dt))
+        del array
+        if release and isinstance(src, tuple) and src[1] == "bias":  # its weight is written too
+            src[0].attrs.pop("kernel")
+    present = {o for p in kept for o in p.output} | used_after
+    out.graph.value_info.extend(vi for vi in g.value_info if vi.name in present)
+    inferred = infer_value_info(out)
+    if inferred is not None:
+        del out.graph.value_info[:]
+        out.graph.value_info.extend(inferred)
+    return out
