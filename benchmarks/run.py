@@ -70,6 +70,10 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+#: latency runs per batch size: (rounds, time budget in s: at least 5 rounds, warm-up rounds)
+LATENCY_SETTINGS = {1: (1000, 15.0, 5), 32: (20, 60.0, 1)}
+
+
 def log(msg: str) -> None:
     print(msg, flush=True)
 
@@ -89,8 +93,7 @@ def run_latency(args) -> dict:
         batches, settings, hw = (1, 2), {1: (5, 3.0, 1), 2: (3, 3.0, 1)}, 64
     else:
         cat = catalogue(widths=_floats(args.widths), families=_strs(args.families))
-        # (iterations, time budget in s: at least 5 iterations, warm-up iterations)
-        batches, settings, hw = (1, 32), {1: (150, 25.0, 2), 32: (20, 60.0, 1)}, None
+        batches, settings, hw = (1, 32), LATENCY_SETTINGS, None
     rows = []
     for title in cat:
         t = time.perf_counter()
@@ -176,7 +179,10 @@ def latency_md(lat: dict, checks: list) -> str:
         "a model take turns) of the calling thread's CPU time: the latency on an idle core "
         "(the machine is shared; wall-clock medians are in `latest.json`). Ratios against the "
         "deploy form come from the same run: the median over iterations of the two forms' "
-        "times in the same round (the forms run in a random order each round). Each model "
+        "times in the same round (the forms run in a random order each round; "
+        + ", ".join(f"batch {b}: up to {n:,} rounds or {t:.0f} s"
+                    for b, (n, t, _) in LATENCY_SETTINGS.items()) +
+        "). Each model "
         "is measured in a fresh process, so that the heap and onnxruntime's arenas start alike "
         "for every model (QARepVGG's fused and deploy graphs are the same six conv+ReLU; at batch "
         "32 a process that had measured two models before measured 1.04, a fresh one 0.98). "
