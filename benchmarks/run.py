@@ -197,8 +197,9 @@ def latency_md(lat: dict, checks: list) -> str:
         "torch eager: training graph (eval mode), `reparam.fuse` output, hand-written deploy "
         "form (its leftover conv+BN pairs folded by `torch.fx.experimental.optimization.fuse`, "
         "which makes RepGhostNet's a GraphModule), and the deploy form traced by "
-        "`torch.fx.symbolic_trace` (a GraphModule like the fused model: the same per-module "
-        "call overhead):",
+        "`torch.fx.symbolic_trace` (a GraphModule like the fused model, which however reaches "
+        "each module with one attribute lookup, the traced deploy form with one per level of "
+        "nesting):",
         "",
         md_table(["model", "batch", "training", "fused", "deploy", "deploy (fx)",
                   "fused / deploy", "fused / deploy (fx)", "training / deploy"], t_rows),
