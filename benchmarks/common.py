@@ -73,6 +73,13 @@ def paired_ratio(a: list[float], b: list[float]) -> float:
     return statistics.median(x / y for x, y in zip(a, b))
 
 
+def pass_ratio(passes: list[dict], a: str, b: str) -> tuple[float, list[float]]:
+    """``a`` / ``b`` over several processes (passes): the median of each pass's
+    :func:`paired_ratio`, and those per-pass ratios."""
+    each = [paired_ratio(p[a], p[b]) for p in passes]
+    return statistics.median(each), each
+
+
 @contextlib.contextmanager
 def warm_heap():
     """Within the block, glibc's malloc keeps freed memory for reuse (no ``munmap``, no

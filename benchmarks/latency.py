@@ -23,16 +23,26 @@ iterations of the two forms' times in the same round. For the torch timings
 glibc's malloc keeps freed memory (see :func:`common.warm_heap`); onnxruntime
 has its own arenas.
 
-Each model is measured in a fresh process (:func:`measure_in_subprocess`): the
-heap and onnxruntime's arenas start alike for every model, not in whatever
-state the models measured before left them (QARepVGG's fused and deploy forms
-are the same six conv+ReLU; at batch 32, a process that had measured two other
-models measured fused/deploy 1.04, a fresh process 0.98).
+Each model is measured in several fresh processes (:func:`measure_in_subprocess`),
+one per pass over all models (:func:`combine`): the heap and onnxruntime's arenas
+start alike for every model, not in whatever state the models measured before left
+them, and what stays fixed within one process (where its weights and activations
+lie, which tenants share the machine that minute) varies between a model's
+measurements instead of biasing all of them. QARepVGG's fused and deploy forms
+are the same six conv+ReLU, yet single processes measured their batch-32 ratio
+anywhere from 0.97 to 1.06; the median over processes spread over the run does not
+depend on one of them. Passes alternate the order in which a process creates the
+forms (an onnxruntime session created first ran 2% slower than the same model's
+session created second, whichever model it held); an even number of passes
+balances it. The exports and the CLI output are written once, by the first pass,
+and loaded by the others.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -81,14 +91,21 @@ def _rel(a, b) -> float:
     return float(np.abs(a - b).max() / np.abs(b).max())
 
 
-def measure(title: str, training, deploy, hw: int, batches, settings: dict) -> list[dict]:
-    """Rows ``{model, batch, backend, <form>: ms, ...}`` for one model, torch then onnxruntime."""
+def measure(title: str, training, deploy, hw: int, batches, settings: dict, files: str,
+            seed: int = 0) -> list[dict]:
+    """Rows ``{model, batch, backend, <form>: ms, ...}`` for one model, torch then onnxruntime.
+
+    ``files`` is the folder of the model's exports and CLI output: written when absent,
+    else loaded. ``seed`` draws the order of the forms in each round; an odd ``seed``
+    also reverses the order in which the forms are created (see the module docstring)."""
     import reparam
 
     torch.set_num_threads(1)
     fused = reparam.fuse(training)
     # the deploy form as a torch.fx GraphModule, like the fused model: the same Python
     # call overhead per module (a deploy form with leftover BN already is one)
+    if seed % 2:  # the deploy form's weights allocated after the fused model's
+        deploy = copy.deepcopy(deploy)
     deploy_fx = deploy if isinstance(deploy, torch.fx.GraphModule) else torch.fx.symbolic_trace(deploy)
     rows = []
     with torch.no_grad():
@@ -101,39 +118,42 @@ def measure(title: str, training, deploy, hw: int, batches, settings: dict) -> l
             fns = {"training": lambda: training(x), "fused": lambda: fused(x),
                    "deploy": lambda: deploy(x), "deploy (fx)": lambda: deploy_fx(x)}
             with warm_heap():
-                ms = interleaved_ms(fns, iters, warmup=warmup, budget_s=budget)
+                ms = interleaved_ms(fns, iters, warmup=warmup, budget_s=budget, seed=seed)
             rows.append({"model": title, "batch": b, "backend": "torch",
                          **{k: v[0] for k, v in ms.items()}, "wall": {k: v[1] for k, v in ms.items()},
                          "samples": {k: v[2] for k, v in ms.items()}, "check": max(errs.values())})
-    with tempfile.TemporaryDirectory() as d:
-        paths = {k: os.path.join(d, f"{k}.onnx") for k in ("training", "deploy", "fused")}
+    paths = {k: os.path.join(files, f"{k}.onnx") for k in ("training", "deploy", "fused")}
+    if not os.path.exists(paths["fused"]):
+        os.makedirs(files, exist_ok=True)
         export(training, paths["training"], hw)
         export(deploy, paths["deploy"], hw)
         cli(paths["training"], paths["fused"])
-        sessions = {"training": session(paths["training"], optimize=False),
-                    "training+ORT-opt": session(paths["training"]),
-                    "reparam CLI": session(paths["fused"]),
-                    "deploy": session(paths["deploy"])}
-        feed1 = {"x": x1.numpy()}
-        ref = sessions["training"].run(None, feed1)[0]
-        err = max(_rel(s.run(None, feed1)[0], ref) for s in sessions.values())
-        for b in batches:
-            feed = {"x": np.random.default_rng(b).standard_normal((b, 3, hw, hw)).astype(np.float32)}
-            iters, budget, warmup = settings[b]
-            fns = {k: (lambda s=s: s.run(None, feed)) for k, s in sessions.items()}
-            ms = interleaved_ms(fns, iters, warmup=warmup, budget_s=budget)
-            rows.append({"model": title, "batch": b, "backend": "onnxruntime",
-                         **{k: v[0] for k, v in ms.items()}, "wall": {k: v[1] for k, v in ms.items()},
-                         "samples": {k: v[2] for k, v in ms.items()}, "check": err})
+    specs = {"training": (paths["training"], False), "training+ORT-opt": (paths["training"], True),
+             "reparam CLI": (paths["fused"], True), "deploy": (paths["deploy"], True)}
+    order = list(specs)[::-1] if seed % 2 else list(specs)
+    sessions = {k: session(*specs[k]) for k in order}
+    sessions = {k: sessions[k] for k in specs}
+    feed1 = {"x": x1.numpy()}
+    ref = sessions["training"].run(None, feed1)[0]
+    err = max(_rel(s.run(None, feed1)[0], ref) for s in sessions.values())
+    for b in batches:
+        feed = {"x": np.random.default_rng(b).standard_normal((b, 3, hw, hw)).astype(np.float32)}
+        iters, budget, warmup = settings[b]
+        fns = {k: (lambda s=s: s.run(None, feed)) for k, s in sessions.items()}
+        ms = interleaved_ms(fns, iters, warmup=warmup, budget_s=budget, seed=seed)
+        rows.append({"model": title, "batch": b, "backend": "onnxruntime",
+                     **{k: v[0] for k, v in ms.items()}, "wall": {k: v[1] for k, v in ms.items()},
+                     "samples": {k: v[2] for k, v in ms.items()}, "check": err})
     return rows
 
 
-def measure_in_subprocess(title: str, hw: int | None, batches, settings: dict) -> list[dict]:
+def measure_in_subprocess(title: str, hw: int | None, batches, settings: dict, files: str,
+                          seed: int = 0) -> list[dict]:
     """:func:`measure` of the catalogue model ``title`` (input ``hw``, or the model's own) in a
     fresh Python process (see the module docstring)."""
     with tempfile.TemporaryDirectory() as d:
         out = os.path.join(d, "rows.json")
-        job = {"title": title, "hw": hw, "batches": list(batches),
+        job = {"title": title, "hw": hw, "batches": list(batches), "files": files, "seed": seed,
                "settings": {str(b): list(v) for b, v in settings.items()}, "out": out}
         r = subprocess.run([sys.executable, os.path.abspath(__file__), json.dumps(job)],
                            capture_output=True, text=True)
@@ -143,12 +163,35 @@ def measure_in_subprocess(title: str, hw: int | None, batches, settings: dict) -
             return json.load(f)
 
 
+def combine(passes: list[list[dict]]) -> list[dict]:
+    """One row per (model, batch, backend) from the rows of several passes: each form's CPU
+    ms is the median over the rounds of all passes, its wall ms the median of the passes'
+    medians; ``passes`` keeps each pass's per-round CPU samples (for
+    :func:`common.pass_ratio`), ``check`` the worst error."""
+    out = {}
+    for rows in passes:
+        for r in rows:
+            key = (r["model"], r["batch"], r["backend"])
+            out.setdefault(key, []).append(r)
+    combined = []
+    for (model, batch, backend), rs in out.items():
+        forms = list(rs[0]["samples"])
+        pooled = {k: [t for r in rs for t in r["samples"][k]] for k in forms}
+        combined.append({"model": model, "batch": batch, "backend": backend,
+                         **{k: statistics.median(pooled[k]) for k in forms},
+                         "wall": {k: statistics.median(r["wall"][k] for r in rs) for k in forms},
+                         "passes": [r["samples"] for r in rs],
+                         "check": max(r["check"] for r in rs)})
+    return combined
+
+
 def _main(job: dict) -> None:
     from models import catalogue
 
     training, deploy, model_hw = catalogue()[job["title"]]()
     settings = {int(b): tuple(v) for b, v in job["settings"].items()}
-    rows = measure(job["title"], training, deploy, job["hw"] or model_hw, job["batches"], settings)
+    rows = measure(job["title"], training, deploy, job["hw"] or model_hw, job["batches"], settings,
+                   job["files"], job["seed"])
     with open(job["out"], "w") as f:
         json.dump(rows, f)
 

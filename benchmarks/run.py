@@ -32,6 +32,7 @@ import json
 import os
 import platform
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -70,8 +71,11 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-#: latency runs per batch size: (rounds, time budget in s: at least 5 rounds, warm-up rounds)
-LATENCY_SETTINGS = {1: (1000, 15.0, 5), 32: (20, 60.0, 1)}
+#: latency: passes over all models, each model in a fresh process per pass, and the runs per
+#: pass and batch size: (rounds, time budget in s: at least 5 rounds, warm-up rounds)
+#: (even: passes alternate the order in which the forms are created)
+LATENCY_PASSES = 6
+LATENCY_SETTINGS = {1: (170, 2.5, 5), 32: (5, 10.0, 1)}
 
 
 def log(msg: str) -> None:
@@ -90,16 +94,23 @@ def run_latency(args) -> dict:
 
     if args.quick:
         cat = catalogue(widths=(0.5,), families=("repvgg",))
-        batches, settings, hw = (1, 2), {1: (5, 3.0, 1), 2: (3, 3.0, 1)}, 64
+        batches, settings, hw, passes = (1, 2), {1: (5, 3.0, 1), 2: (3, 3.0, 1)}, 64, 2
     else:
         cat = catalogue(widths=_floats(args.widths), families=_strs(args.families))
-        batches, settings, hw = (1, 32), LATENCY_SETTINGS, None
-    rows = []
-    for title in cat:
-        t = time.perf_counter()
-        rows += latency.measure_in_subprocess(title, hw, batches, settings)
-        log(f"  latency {title}: {time.perf_counter() - t:.0f} s")
-    return {"rows": rows, "batches": list(batches), "hw": hw, "warm_heap": warm}
+        batches, settings, hw, passes = (1, 32), LATENCY_SETTINGS, None, LATENCY_PASSES
+    results = []
+    with tempfile.TemporaryDirectory() as files:
+        for p in range(passes):
+            rows = []
+            for i, title in enumerate(cat):
+                t = time.perf_counter()
+                rows += latency.measure_in_subprocess(title, hw, batches, settings,
+                                                      os.path.join(files, str(i)), seed=p)
+                log(f"  latency {title}, pass {p + 1}/{passes}: {time.perf_counter() - t:.0f} s")
+            results.append(rows)
+    return {"rows": latency.combine(results), "batches": list(batches), "hw": hw,
+            "passes": passes, "settings": {str(b): list(v) for b, v in settings.items()},
+            "warm_heap": warm}
 
 
 def run_cost(args) -> dict:
@@ -140,16 +151,25 @@ def _strs(s):
 # --- report ----------------------------------------------------------------------------
 
 def _ratio(r, a, b):
-    """``a`` / ``b`` latency: the median of the paired per-iteration ratios when recorded."""
-    from common import paired_ratio
+    """``a`` / ``b`` latency: the median over passes of each pass's median paired ratio."""
+    from common import pass_ratio
 
-    if "samples" in r:
-        return paired_ratio(r["samples"][a], r["samples"][b])
-    return r[a] / r[b]
+    return pass_ratio(r["passes"], a, b)[0]
+
+
+def _spread(r, a, b) -> str:
+    """The lowest and highest per-pass ratio ``a`` / ``b``."""
+    from common import pass_ratio
+
+    each = pass_ratio(r["passes"], a, b)[1]
+    return f"{min(each):.3f} - {max(each):.3f}"
 
 
 def latency_md(lat: dict, checks: list) -> str:
     rows = lat["rows"]
+    if any("passes" not in r for r in rows):
+        sys.exit("run.py: this latest.json has no per-pass latency samples (written before "
+                 "measurements were split into passes); measure again")
     t_rows, o_rows = [], []
     worst = {}
     for r in rows:
@@ -158,12 +178,13 @@ def latency_md(lat: dict, checks: list) -> str:
             fx_ratio = _ratio(r, "fused", "deploy (fx)")
             t_rows.append([r["model"], r["batch"], f"{r['training']:.2f}", f"{r['fused']:.2f}",
                            f"{r['deploy']:.2f}", f"{r['deploy (fx)']:.2f}", f"**{f:.3f}**",
-                           f"{fx_ratio:.3f}", f"{t:.2f}"])
+                           _spread(r, "fused", "deploy"), f"{fx_ratio:.3f}", f"{t:.2f}"])
         else:
             f = _ratio(r, "reparam CLI", "deploy")
             o_rows.append([r["model"], r["batch"], f"{r['training']:.2f}",
                            f"{r['training+ORT-opt']:.2f}", f"{r['reparam CLI']:.2f}",
                            f"{r['deploy']:.2f}", f"**{f:.3f}**",
+                           _spread(r, "reparam CLI", "deploy"),
                            f"{_ratio(r, 'training+ORT-opt', 'deploy'):.2f}",
                            f"{_ratio(r, 'training', 'deploy'):.2f}"])
         key = (r["backend"], r["batch"])
@@ -173,19 +194,25 @@ def latency_md(lat: dict, checks: list) -> str:
         checks.append((f"fused / deploy latency, {name}, batch {batch} (worst: {model})",
                        f"{f:.3f}", f"<= {LATENCY_TARGET}", f <= LATENCY_TARGET))
     hw = f"{lat['hw']}x{lat['hw']}" if lat["hw"] else "224x224"
+    passes, settings = lat["passes"], {int(b): v for b, v in lat["settings"].items()}
     parts = [
         "### Inference latency",
-        f"One thread, input {hw}; ms per inference, the median of interleaved runs (all forms of "
-        "a model take turns) of the calling thread's CPU time: the latency on an idle core "
-        "(the machine is shared; wall-clock medians are in `latest.json`). Ratios against the "
-        "deploy form come from the same run: the median over iterations of the two forms' "
-        "times in the same round (the forms run in a random order each round; "
+        f"One thread, input {hw}. Each model is measured in {passes} fresh processes, one per "
+        "pass over all models, so that what stays fixed within a process (where weights and "
+        "activations lie, the heap and onnxruntime's arenas, what else runs on the shared "
+        "machine that minute) varies between a model's measurements instead of biasing them "
+        "all: single processes measured the batch-32 ratio of QARepVGG's fused and deploy "
+        "forms, the same six conv+ReLU, anywhere from 0.97 to 1.06. Passes alternate the order "
+        "in which the forms are created (an onnxruntime session created first ran 2% slower "
+        "than the same model's created second). In each process all forms "
+        "of the model take turns, in a random order each round ("
         + ", ".join(f"batch {b}: up to {n:,} rounds or {t:.0f} s"
-                    for b, (n, t, _) in LATENCY_SETTINGS.items()) +
-        "). Each model "
-        "is measured in a fresh process, so that the heap and onnxruntime's arenas start alike "
-        "for every model (QARepVGG's fused and deploy graphs are the same six conv+ReLU; at batch "
-        "32 a process that had measured two models before measured 1.04, a fresh one 0.98). "
+                    for b, (n, t, _) in settings.items()) +
+        " per process). Times are the calling thread's CPU time, the latency on an idle core "
+        "(wall-clock medians are in `latest.json`); ms per inference is the median over all "
+        "rounds. A ratio is the median over the processes of each process's median of the "
+        "two forms' times in the same round; '... per process' gives the lowest and highest "
+        "of those per-process ratios. "
         "For torch, "
         "glibc malloc keeps freed memory (a warm heap, as in a serving process"
         + ("" if lat.get("warm_heap", True) else "; could not be set here") +
@@ -202,7 +229,8 @@ def latency_md(lat: dict, checks: list) -> str:
         "nesting):",
         "",
         md_table(["model", "batch", "training", "fused", "deploy", "deploy (fx)",
-                  "fused / deploy", "fused / deploy (fx)", "training / deploy"], t_rows),
+                  "fused / deploy", "... per process", "fused / deploy (fx)",
+                  "training / deploy"], t_rows),
         "",
         "onnxruntime (TorchScript exports): the training export as exported (graph "
         "optimizations off), the same with onnxruntime's own optimizations (`ORT_ENABLE_ALL`, "
@@ -210,7 +238,8 @@ def latency_md(lat: dict, checks: list) -> str:
         "(both `ORT_ENABLE_ALL`):",
         "",
         md_table(["model", "batch", "training", "training + ORT opt", "reparam CLI", "deploy",
-                  "CLI / deploy", "ORT opt / deploy", "training / deploy"], o_rows),
+                  "CLI / deploy", "... per process", "ORT opt / deploy", "training / deploy"],
+                 o_rows),
     ]
     return "\n".join(parts)
 
