@@ -3,7 +3,7 @@
 Each size of the RepVGG-like sweep (:data:`models.COST_SIZES`) runs in a fresh
 worker process (``python benchmarks/cost.py --worker WIDTH DEPTH OUT``) that
 builds the model, records its resident memory, times ``reparam.fuse`` (no
-verification) and reads its own peak resident memory, then exports the model
+verification; the median of 3 calls) and reads its own peak resident memory, then exports the model
 to ONNX (TorchScript exporter, ``dynamo=False``) at ``OUT`` in a temporary
 folder. The CLI (``python -m reparam IN OUT``, with its default onnxruntime
 check on 3 random inputs) then runs on that file in its own process; its peak
@@ -46,7 +46,10 @@ def worker(width: int, depth: int, onnx_path: str | None) -> dict:
     param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     gc.collect()
     reparam.fuse(repvgg_like(4, 2))  # imports and first-call work are not the model's cost
-    runs = 1 if params > 5e6 else 3
+    # the median of 3 calls: a single call's CPU time varies up to 3x with how the kernel
+    # serves fresh memory (numpy asks for transparent huge pages on large arrays; their
+    # compaction stalls depend on the machine's state, not on the model)
+    runs = 3
     before = rss_bytes()
     reset_peak_rss()
     cpu = []

@@ -1,6 +1,6 @@
 """The benchmark suite: one entry point, markdown tables and plots.
 
-    python benchmarks/run.py                      # everything (about 25 minutes on 2 cores)
+    python benchmarks/run.py                      # everything (about 35 minutes on 2 cores)
     python benchmarks/run.py --sections latency   # some of: latency, cost, error
     python benchmarks/run.py --quick              # a smoke run on tiny models (under a minute)
     python benchmarks/run.py --readme             # ... and copy the results into README.md
@@ -273,9 +273,9 @@ def cost_md(c: dict, checks: list) -> str:
     if has_cli:
         head += ["ONNX file", "CLI (s)", "CLI CPU (s)", "CLI peak memory", "/ file size"]
     parts += ["", "RepVGG-like networks (blocks of `ReLU(BN(conv3x3) + BN(conv1x1) + BN)`), each "
-              "size in a fresh process: `reparam.fuse` wall and CPU time and its peak resident "
-              "memory above what the process held before the call; the CLI (`python -m reparam IN "
-              "OUT`, default check with onnxruntime on 3 random inputs, interpreter start "
+              "size in a fresh process: `reparam.fuse` wall and CPU time (the median of 3 "
+              "calls) and its peak resident memory above what the process held before; the "
+              "CLI (`python -m reparam IN OUT`, default check with onnxruntime on 3 random inputs, interpreter start "
               "included) wall and CPU time (all threads) and the peak resident memory of its "
               "process:", "", md_table(head, table)]
     big = [r for r in rows if r["params"] >= 1e6]
