@@ -54,6 +54,7 @@ def worker(width: int, depth: int, onnx_path: str | None) -> dict:
     reset_peak_rss()
     cpu = []
     for _ in range(runs):
+        gc.collect()  # the previous call's GraphModule (fx keeps reference cycles) is freed
         c = time.process_time()
         seconds, _ = median_seconds(lambda: reparam.fuse(model), 1)
         cpu.append((time.process_time() - c, seconds))
