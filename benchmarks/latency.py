@@ -30,12 +30,12 @@ them, and what stays fixed within one process (where its weights and activations
 lie, which tenants share the machine that minute) varies between a model's
 measurements instead of biasing all of them. QARepVGG's fused and deploy forms
 are the same six conv+ReLU, yet single processes measured their batch-32 ratio
-anywhere from 0.97 to 1.06; the median over processes spread over the run does not
+anywhere from 0.97 to 1.07; the median over processes spread over the run does not
 depend on one of them. Passes alternate the order in which a process creates the
-forms (an onnxruntime session created first ran 2% slower than the same model's
-session created second, whichever model it held); an even number of passes
-balances it. The exports and the CLI output are written once, by the first pass,
-and loaded by the others.
+forms (created training, training+ORT-opt, CLI, deploy, MobileOne's CLI/deploy
+ratio was 1.02-1.04 in six processes; created in reverse, 0.99-1.01: the graphs
+are identical); an even number of passes balances it. The exports and the CLI
+output are written once, by the first pass, and loaded by the others.
 """
 from __future__ import annotations
 
