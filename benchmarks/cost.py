@@ -3,9 +3,9 @@
 Each size of the RepVGG-like sweep (:data:`models.COST_SIZES`) runs in a fresh
 worker process (``python benchmarks/cost.py --worker WIDTH DEPTH OUT``) that
 builds the model, records its resident memory, times ``reparam.fuse`` (no
-verification; the median of 3 calls) and reads its own peak resident memory, then exports the model
-to ONNX (TorchScript exporter, ``dynamo=False``) at ``OUT`` in a temporary
-folder. The CLI (``python -m reparam IN OUT``, with its default onnxruntime
+verification; the median of 3 calls) and reads its own peak resident memory,
+then exports the model to ONNX (TorchScript exporter, ``dynamo=False``) at
+``OUT`` in a temporary folder. The CLI (``python -m reparam IN OUT``, with its default onnxruntime
 check on 3 random inputs) then runs on that file in its own process; its peak
 memory is that process's peak resident set size (``VmHWM`` read at its exit:
 ``ru_maxrss`` would also count the parent it was forked from), its time the
