@@ -36,5 +36,5 @@ def bn_branch_to_conv(graph, bn):
     scale = bn_kernel(bn)
     if not scale:
         return scale
-    graph.replace(bn, new_conv(graph, source, scale, bn, before=bn))
+    graph.replace(bn, new_conv(graph, source, scale, bn, before=bn, readers=[bn], type=bn.type))
     return True

@@ -5,7 +5,7 @@ import numpy as np
 
 from reparam import kernel
 from reparam.cost import Cost, conv_cost
-from reparam.ir import Graph, Node
+from reparam.ir import Graph, Node, TensorType
 from reparam.rewrite import RefuseFold
 from reparam.kernel import Conv, Refusal
 
@@ -13,25 +13,32 @@ from reparam.kernel import Conv, Refusal
 def conv_kernel(node: Node) -> Conv | Refusal:
     """The canonical conv of a ``conv`` node, or why it may not be folded."""
     why = node.attrs.get("refuse")
-    return Refusal(f"{node.name}: {why}") if why else node.attrs["kernel"]
+    if why is not None:
+        return Refusal(why.kind, f"{node.name}: {why.reason}")
+    return node.attrs["kernel"]
 
 
 def bn_kernel(node: Node, ndim: int | None = None) -> Conv | Refusal:
-    """A ``bn`` node as a depthwise 1x..x1 conv (see :func:`reparam.kernel.from_bn`)."""
+    """A ``bn`` node as a depthwise 1x..x1 conv (see :func:`reparam.kernel.from_bn`) over the
+    spatial rank of its input's type; ``ndim``: the rank a partner conv needs."""
     a = node.attrs
-    if a.get("refuse"):
-        return Refusal(f"{node.name}: {a['refuse']}")
-    if ndim and a.get("ndim") and ndim != a["ndim"]:
-        return Refusal(f"{node.name}: normalises a {a['ndim']}-d input, not {ndim}-d")
-    ndim = ndim or a.get("ndim")
-    if not ndim:
-        return Refusal(f"{node.name}: spatial rank of the BatchNorm input is unknown")
+    if a.get("refuse") is not None:
+        return Refusal(a["refuse"].kind, f"{node.name}: {a['refuse'].reason}")
+    t = node.inputs[0].type
+    spatial = t.spatial_rank if t is not None else None
+    if spatial is None:
+        return Refusal("type", f"{node.name}: the rank of the BatchNorm input is unknown")
+    if spatial == 0:
+        return Refusal("rank", f"{node.name}: normalises a {t.rank}-d input without spatial "
+                               "dimensions, which is no convolution")
+    if ndim and ndim != spatial:
+        return Refusal("rank", f"{node.name}: normalises a {spatial}-d input, not {ndim}-d")
     stats = [a["mean"], a["var"], a["weight"], a["bias"]]
     if not all(np.isfinite(s).all() for s in stats):
-        return Refusal(f"{node.name}: BatchNorm statistics or parameters are not finite")
+        return Refusal("stats", f"{node.name}: BatchNorm statistics or parameters are not finite")
     if np.any(a["var"] + a["eps"] <= 0):
-        return Refusal(f"{node.name}: BatchNorm variance + eps is not positive")
-    return kernel.from_bn(a["mean"], a["var"], a["weight"], a["bias"], a["eps"], ndim)
+        return Refusal("stats", f"{node.name}: BatchNorm variance + eps is not positive")
+    return kernel.from_bn(a["mean"], a["var"], a["weight"], a["bias"], a["eps"], spatial)
 
 
 def other_users(node: Node, user: Node) -> list[str]:
@@ -117,17 +124,26 @@ def _abs_max(a: np.ndarray):
     return np.max([np.abs(a.max()), np.abs(a.min())])
 
 
-def new_conv(graph: Graph, source: Node, conv: Conv, like: Node, before: Node) -> Node:
-    """Insert a conv node reading ``source``, named and typed after the node ``like``.
+def new_conv(graph: Graph, source: Node, conv: Conv, like: Node, before: Node,
+             readers: list[Node], type: TensorType | None) -> Node:
+    """Insert a conv node reading ``source`` right before ``before``, named after ``like``,
+    computing a value of ``type`` (that of the value it replaces).
 
-    Raises :class:`~reparam.rewrite.RefuseFold` (before touching the graph) when a
-    folded weight or bias would overflow ``like``'s dtype: Inf is never written.
+    ``readers`` are the nodes whose reads of ``source`` the new conv stands for.
+    Raises :class:`~reparam.rewrite.RefuseFold` (before touching the graph) when
+    something may change ``source`` in place between those reads and the new one,
+    or when a folded weight or bias would overflow the dtype: Inf is never written.
     """
-    dtype = str(like.attrs.get("dtype", "float64")).rsplit(".", 1)[-1]
+    start = min(r.pos for r in readers)
+    mutator = graph.mutation_between(source, start, before.pos)
+    if mutator is not None:
+        raise RefuseFold(Refusal("effects", f"{mutator} may change {source.name} in place "
+                                            f"between its reads by {readers[0].name} and "
+                                            f"{before.name}"))
+    dtype = type.dtype if type is not None else None
     limit = DTYPE_MAX.get(dtype)
     largest = max(_abs_max(conv.weight), _abs_max(conv.bias))
     if limit is not None and not largest <= limit:  # also catches NaN
-        raise RefuseFold(Refusal(f"folded weights of {like.name} overflow {dtype} "
-                                 f"(largest magnitude {largest:.3g})", warn=True))
-    attrs = {k: like.attrs[k] for k in ("dtype", "device") if k in like.attrs}
-    return graph.add("conv", [source], {"kernel": conv, **attrs}, name=like.name, before=before)
+        raise RefuseFold(Refusal("overflow", f"folded weights of {like.name} overflow {dtype} "
+                                             f"(largest magnitude {largest:.3g})", warn=True))
+    return graph.add("conv", [source], {"kernel": conv}, name=like.name, before=before, type=type)

@@ -44,5 +44,6 @@ def compose_convs(graph, second):
     composed = kernel.compose(a, b)
     if not composed:
         return composed
-    graph.replace(second, new_conv(graph, first.inputs[0], composed, second, before=second))
+    graph.replace(second, new_conv(graph, first.inputs[0], composed, second, before=second,
+                                   readers=[first], type=second.type))
     return True

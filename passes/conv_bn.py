@@ -28,6 +28,9 @@ def fold_conv_bn(graph, bn):
     if not scale:
         return scale
     if len(conv.users) > 1:
-        return Refusal(f"conv {conv.name} output is also read by {', '.join(other_users(conv, bn))}")
-    graph.replace(bn, new_conv(graph, conv.inputs[0], kernel.compose(k, scale), conv, before=bn))
+        return Refusal("shared", f"conv {conv.name} output is also read by "
+                                 f"{', '.join(other_users(conv, bn))}")
+    folded = kernel.compose(k, scale)
+    graph.replace(bn, new_conv(graph, conv.inputs[0], folded, conv, before=bn, readers=[conv],
+                               type=bn.type))
     return True

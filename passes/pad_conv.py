@@ -31,5 +31,6 @@ def absorb_zero_pad(graph, conv):
     if a.ndim != b.ndim or a.out_channels != b.in_channels:
         return None
     pads = tuple((pb + qb, pe + qe) for (pb, pe), (qb, qe) in zip(a.pads, b.pads))
-    graph.replace(conv, new_conv(graph, first.inputs[0], b.replace(pads=pads), conv, before=conv))
+    graph.replace(conv, new_conv(graph, first.inputs[0], b.replace(pads=pads), conv, before=conv,
+                                 readers=[first], type=conv.type))
     return True

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from reparam import kernel
 from reparam.cost import Cost, add_cost, conv_cost, guard
-from reparam.ir import Node
+from reparam.ir import PURE_OPS, Node
 from reparam.kernel import Conv, Refusal
 from reparam.rewrite import rule
 
@@ -23,6 +23,7 @@ class Branch:
     source: Node
     kernel: Conv | None = None
     cost: Cost = Cost()
+    chain: tuple = ()  # the convs composed into ``kernel``, ``leaf`` last
 
 
 def conv_chain(leaf: Node) -> Branch | Refusal:
@@ -35,7 +36,7 @@ def conv_chain(leaf: Node) -> Branch | Refusal:
     k = conv_kernel(leaf)
     if not k:
         return k
-    cost, source = kernel_cost(k), leaf.inputs[0]
+    cost, source, chain = kernel_cost(k), leaf.inputs[0], [leaf]
     while source.op == "conv" and len(source.users) == 1:
         a = conv_kernel(source)
         composed = kernel.compose(a, k) if a else a
@@ -43,8 +44,9 @@ def conv_chain(leaf: Node) -> Branch | Refusal:
             break
         ca = kernel_cost(a)
         cost = Cost(math.floor(ca.macs * runs_per_output(k)), ca.params) + cost
+        chain.insert(0, source)
         k, source = composed, source.inputs[0]
-    return Branch(leaf, 1.0, source, k, cost)
+    return Branch(leaf, 1.0, source, k, cost, tuple(chain))
 
 
 def branch_groups(terms) -> dict:
@@ -63,7 +65,7 @@ def branch_groups(terms) -> dict:
         elif n.op == "conv":
             b = chains[id(n)]
             groups.setdefault(b.source if b else n.inputs[0], []).append(
-                Branch(n, c, b.source, b.kernel, b.cost) if b else b)
+                Branch(n, c, b.source, b.kernel, b.cost, b.chain) if b else b)
     return groups
 
 
@@ -73,7 +75,7 @@ def _nonlinear_branch(leaf, sources, depth: int = 4):
     for _ in range(depth):
         if not node.inputs:
             return None
-        if node.op not in ("conv", "bn", "add", "identity") and opaque is None:
+        if node.op not in PURE_OPS and opaque is None:
             opaque = node
         node = node.inputs[0]
         if node in sources and opaque is not None:
@@ -87,8 +89,8 @@ def _merge(branches, root) -> Conv | Refusal:
         if not b:
             return b
         if b.kernel is not None and len(b.leaf.users) > 1:
-            return Refusal(f"branch {b.leaf.name} output is also read by "
-                           f"{', '.join(other_users(b.leaf, root))}")
+            return Refusal("shared", f"branch {b.leaf.name} output is also read by "
+                                     f"{', '.join(other_users(b.leaf, root))}")
     convs = [b.kernel for b in branches if b.kernel is not None]
     kernels = [b.kernel or kernel.identity(convs[0].in_channels, ndim=convs[0].ndim)
                for b in branches]
@@ -128,18 +130,22 @@ def merge_parallel_branches(graph, add):
             continue
         members = {id(b.leaf) for b in branches}
         main = max((b for b in branches if b.kernel is not None), key=lambda b: b.cost.macs).leaf
-        rest = [(new_conv(graph, source, merged, main, before=add), 1.0)]
+        readers = [n for b in branches for n in b.chain] + [add]
+        rest = [(new_conv(graph, source, merged, main, before=add, readers=readers,
+                          type=main.type), 1.0)]
         rest += [t for t in terms if id(t[0]) not in members]
         if len(rest) == 1:
             graph.replace(add, rest[0][0])
         else:
             coeffs = tuple(c for _, c in rest)
             attrs = {"coeffs": coeffs} if any(c != 1 for c in coeffs) else {}
-            graph.replace(add, graph.add("add", [n for n, _ in rest], attrs, add.name, before=add))
+            graph.replace(add, graph.add("add", [n for n, _ in rest], attrs, add.name, before=add,
+                                         type=add.type))
         return True
     leaves = [n for n, _ in terms]
     for leaf in leaves:
         opaque = _nonlinear_branch(leaf, set(groups) | set(leaves))
         if opaque is not None:
-            return Refusal(f"branch through {opaque.name} ({opaque.op}) is not linear")
+            return Refusal("nonlinear", f"branch through {opaque.name} ({opaque.label}) is not "
+                                        "linear")
     return refusal

@@ -45,6 +45,6 @@ def guard(new: Cost, replaced: Cost) -> Refusal | None:
     """Refusal when ``new`` costs more (multiply-adds or parameters) than ``replaced``."""
     c = new
     if c.macs > replaced.macs or c.params > replaced.params:
-        return Refusal(f"folded conv would cost more: {c.macs} vs {replaced.macs} multiply-adds "
+        return Refusal("cost", f"folded conv would cost more: {c.macs} vs {replaced.macs} multiply-adds "
                        f"and {c.params} vs {replaced.params} parameters per output position")
     return None

@@ -1,82 +1,221 @@
-"""The framework-neutral graph that every pass works on.
+"""The framework-neutral, typed graph that every pass works on.
 
-A :class:`Graph` is a list of :class:`Node` in topological order. A node is one
-value: its ``op`` says what it computes, ``inputs`` the nodes it reads (in
-order), ``attrs`` the op's data in framework-neutral form (numpy float64
-arrays, :class:`reparam.kernel.Conv`), and ``origin`` a frontend handle.
+A :class:`Graph` holds :class:`Node` in topological order (a linked list: a
+rewrite inserts and removes in constant time). A node is one value: its ``op``
+says what it computes, ``inputs`` the nodes it reads (in order), ``attrs`` the
+op's data in framework-neutral form (numpy float64 arrays,
+:class:`reparam.kernel.Conv`), ``type`` the :class:`TensorType` of its value
+(None where it is not a tensor or the frontend could not tell), and ``origin``
+a frontend handle. Passes read types, never guess them, and never see torch or
+onnx objects: dtypes and devices are strings.
 
 Invariant kept by every rewrite: a node with an ``origin`` is exactly the node
 the frontend lifted, with the inputs it had (up to replacement of an input by
 an equivalent node); a frontend re-emits it as it was. Anything a rewrite
 computes is a new node with ``origin=None`` that the frontend builds from its
-``op`` and ``attrs``.
+``op``, ``attrs`` and ``type``.
 
-Ops the passes understand:
+Ops the passes understand (``PURE_OPS``; they have no side effects):
 
-``conv``      attrs ``kernel`` (a Conv) and optionally ``refuse`` (why it may not be
-              changed, e.g. a non-zero padding mode), ``dtype``.
-``bn``        attrs ``mean, var, weight, bias, eps, ndim`` (inference form; also any
-              per-channel affine ``y = a*x + b``) or ``refuse``; extra inputs after
-              the first are constants it was lifted with.
-``add``       elementwise weighted sum ``sum(coeffs[i] * inputs[i])`` (same shapes;
+``conv``      attrs ``kernel`` (a Conv) and optionally ``refuse`` (a
+              :class:`~reparam.kernel.Refusal`: why it may not be changed, e.g. a
+              non-zero padding mode).
+``bn``        attrs ``mean, var, weight, bias, eps`` (inference form; also any
+              per-channel affine ``y = a*x + b``) or ``refuse``; it normalises
+              dimension 1 of its first input, whose type gives the rank.
+``add``       elementwise weighted sum ``sum(coeffs[i] * inputs[i])`` (same types;
               attr ``coeffs``, all 1 when absent).
-``identity``  returns its input.
-``constant``  a stored tensor (e.g. a layer scale) read by the node it feeds.
-Anything else is opaque (``op`` is the frontend's name for it) and is never
-changed, moved or removed, since it may have side effects.
+``identity``  returns its input (the same tensor).
+``constant``  a stored tensor read by the node it feeds.
+
+Everything else is ``opaque`` (attr ``label`` names it, e.g. ``Relu`` or
+``torch.relu_``): never changed, moved or removed, since it may have side
+effects.
+
+Side effects. Every node has a position ``pos`` (its order at lifting; a node
+a rewrite inserts takes the position of the node it is inserted before) and
+belongs to an alias class (tensors that may share memory: a frontend unites a
+view or an in-place op's result with its input). A frontend records which
+nodes may mutate which values (:meth:`Graph.mark_mutation`); a rewrite that
+makes a new node read a value ``X`` checks with :meth:`Graph.mutation_between`
+that ``X`` is not mutated between the reads it replaces and the new read.
 """
 from __future__ import annotations
 
+import bisect
 from collections import Counter
-from typing import Any, Iterable
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator
 
 PURE_OPS = frozenset({"conv", "bn", "add", "identity", "constant"})
+OPAQUE = "opaque"
+
+#: the dtypes whose values the passes may fold (real floating point)
+FLOAT_DTYPES = frozenset({"float16", "bfloat16", "float32", "float64"})
+
+
+@dataclass(frozen=True)
+class TensorType:
+    """The type of a tensor value.
+
+    ``dtype``: a dtype name as numpy and torch spell it (``"float32"``,
+    ``"complex64"``, ``"int64"``, ...). ``shape``: None when the rank is
+    unknown, else one entry per dimension, an int or None for a size that
+    varies with the input (dynamic). ``device``: e.g. ``"cpu"``, ``"cuda:0"``
+    (None where the frontend has no devices).
+    """
+
+    dtype: str
+    shape: tuple | None
+    device: str | None = None
+
+    @property
+    def rank(self) -> int | None:
+        return None if self.shape is None else len(self.shape)
+
+    @property
+    def channels(self) -> int | None:
+        """Size of dimension 1 (``(N, C, *spatial)`` layout) when static."""
+        if self.shape is None or len(self.shape) < 2 or not isinstance(self.shape[1], int):
+            return None
+        return self.shape[1]
+
+    @property
+    def spatial_rank(self) -> int | None:
+        """Number of dimensions after ``(N, C)``; None if the rank is unknown or below 2."""
+        return None if self.shape is None or len(self.shape) < 2 else len(self.shape) - 2
+
+    @property
+    def is_float(self) -> bool:
+        return self.dtype in FLOAT_DTYPES
 
 
 class Node:
-    __slots__ = ("op", "inputs", "attrs", "name", "origin", "users", "alive")
+    __slots__ = ("op", "inputs", "attrs", "name", "origin", "users", "alive", "type", "pos",
+                 "prev", "next", "alias")
 
     def __init__(self, op: str, inputs: Iterable["Node"], attrs: dict | None = None,
-                 name: str = "", origin: Any = None):
+                 name: str = "", origin: Any = None, type: TensorType | None = None):
         self.op = op
         self.inputs: list[Node] = list(inputs)
         self.attrs: dict = dict(attrs or {})
         self.name = name
         self.origin = origin
+        self.type = type
         self.users: list[Node] = []  # one entry per use
         self.alive = True
+        self.pos = 0
+        self.prev: Node | None = None
+        self.next: Node | None = None
+        self.alias: Node = self  # union-find parent of the alias class
+
+    @property
+    def label(self) -> str:
+        """What the node is, for reports: the op, or an opaque node's ``label``."""
+        return self.attrs.get("label", self.op) if self.op == OPAQUE else self.op
 
     def __repr__(self) -> str:
-        return f"Node({self.op} {self.name!r} <- {[i.name for i in self.inputs]})"
+        return f"Node({self.label} {self.name!r} <- {[i.name for i in self.inputs]})"
 
 
 class Graph:
-    """Nodes in topological order, with use lists kept up to date."""
+    """Nodes in topological order, with use lists, positions and mutation records."""
 
     def __init__(self):
-        self.nodes: list[Node] = []
+        self._head = Node("<head>", [])  # sentinel of a circular list
+        self._head.prev = self._head.next = self._head
+        self._count = 0
+        self._mutations: dict[int, list[tuple[int, str]]] = {}  # alias root id -> (pos, name)
+
+    # --- iteration --------------------------------------------------------------
+    def __iter__(self) -> Iterator[Node]:
+        n = self._head.next
+        while n is not self._head:
+            nxt = n.next
+            yield n
+            n = nxt
+
+    @property
+    def nodes(self) -> list[Node]:
+        return list(self)
+
+    def __len__(self) -> int:
+        return self._count
 
     # --- building -------------------------------------------------------------
     def add(self, op: str, inputs: Iterable[Node] = (), attrs: dict | None = None,
-            name: str = "", origin: Any = None, before: Node | None = None) -> Node:
-        """Create a node; appended, or inserted right before ``before``."""
-        node = Node(op, inputs, attrs, name, origin)
+            name: str = "", origin: Any = None, before: Node | None = None,
+            type: TensorType | None = None) -> Node:
+        """Create a node; appended (at the next position), or inserted right before
+        ``before`` (at its position)."""
+        node = Node(op, inputs, attrs, name, origin, type)
         for i in node.inputs:
             i.users.append(node)
         if before is None:
-            self.nodes.append(node)
+            at, node.pos = self._head, (self._head.prev.pos + 1 if self._count else 0)
         else:
-            self.nodes.insert(self.nodes.index(before), node)
+            at, node.pos = before, before.pos
+        node.prev, node.next = at.prev, at
+        at.prev.next = node
+        at.prev = node
+        self._count += 1
         return node
+
+    # --- aliasing and side effects ----------------------------------------------------
+    def alias_root(self, node: Node) -> Node:
+        while node.alias is not node:
+            node.alias = node.alias.alias
+            node = node.alias
+        return node
+
+    def unite(self, a: Node, b: Node) -> None:
+        """``a`` and ``b`` may share memory: one alias class (with both classes' mutations)."""
+        ra, rb = self.alias_root(a), self.alias_root(b)
+        if ra is rb:
+            return
+        rb.alias = ra
+        moved = self._mutations.pop(id(rb), None)
+        if moved:
+            self._mutations[id(ra)] = sorted(self._mutations.get(id(ra), []) + moved)
+
+    def mark_mutation(self, value: Node, by: Node) -> None:
+        """Node ``by`` may change ``value`` (and every tensor aliasing it) in place."""
+        events = self._mutations.setdefault(id(self.alias_root(value)), [])
+        bisect.insort(events, (by.pos, by.name))
+
+    def mutated(self, value: Node) -> bool:
+        """Whether anything may change ``value`` in place, anywhere in the graph."""
+        return bool(self._mutations.get(id(self.alias_root(value))))
+
+    def mutation_between(self, value: Node, start: int, end: int) -> str | None:
+        """Name of a node at a position in ``[start, end)`` that may change ``value`` in
+        place (so reads at ``start`` and at ``end`` may see different contents), or None."""
+        events = self._mutations.get(id(self.alias_root(value)), [])
+        k = bisect.bisect_left(events, (start, ""))
+        return events[k][1] if k < len(events) and events[k][0] < end else None
 
     # --- rewriting ------------------------------------------------------------
     def replace(self, old: Node, new: Node) -> None:
-        """Make every use of ``old`` read ``new``, then drop ``old`` if nothing needs it."""
+        """Make every use of ``old`` read ``new``, then drop ``old`` if nothing needs it.
+
+        What may happen to ``old`` in place (its users' mutations) now happens
+        to ``new``: their alias classes are united.
+        """
         for user in old.users:  # one entry per use: each fixes one occurrence
             user.inputs[user.inputs.index(old)] = new
             new.users.append(user)
         old.users = []
+        self.unite(new, old)
         self.prune(old)
+
+    def remove(self, node: Node) -> None:
+        """Unlink ``node`` (which nothing reads) from the graph."""
+        node.alive = False
+        node.prev.next = node.next
+        node.next.prev = node.prev
+        self._count -= 1
+        for i in node.inputs:
+            i.users.remove(node)
 
     def prune(self, node: Node) -> int:
         """Remove ``node`` if unused and pure, then its producers that become unused."""
@@ -86,26 +225,27 @@ class Graph:
             n = stack.pop()
             if not n.alive or n.users or n.op not in PURE_OPS:
                 continue
-            n.alive = False
-            self.nodes.remove(n)
+            self.remove(n)
             removed += 1
-            for i in n.inputs:
-                i.users.remove(n)
-                stack.append(i)
+            stack.extend(n.inputs)
         return removed
 
     # --- queries ----------------------------------------------------------------
     def op_counts(self) -> Counter:
-        return Counter(n.op for n in self.nodes)
+        return Counter(n.label for n in self)
 
     def check(self) -> None:
-        """Assert topological order and consistent use lists (for tests and debugging)."""
+        """Assert topological order, consistent use lists and positions (for tests)."""
         seen = set()
-        for n in self.nodes:
+        last = None
+        for n in self:
             assert n.alive, n
+            assert last is None or n.pos >= last, f"{n} at position {n.pos} after {last}"
+            last = n.pos
             for i in n.inputs:
                 assert id(i) in seen, f"{n} reads {i} before it is defined"
                 assert n in i.users, f"{i} does not list user {n}"
             for u in n.users:
                 assert n in u.inputs, f"{u} listed as user of {n}"
             seen.add(id(n))
+        assert len(seen) == self._count

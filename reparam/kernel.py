@@ -26,20 +26,56 @@ from functools import reduce
 import numpy as np
 
 __all__ = [
-    "Conv", "Refusal", "from_bn", "identity", "avgpool", "pad", "pad_to",
+    "Conv", "Refusal", "KINDS", "from_bn", "identity", "avgpool", "pad", "pad_to",
     "add", "compose", "composed_shape", "scale_channels", "regroup", "undilate",
 ]
+
+
+#: machine-readable kinds of :class:`Refusal` (``Refusal.kind``), by what stops the fold
+KINDS = {
+    "misaligned": "branch outputs line up only for some input sizes, or a kernel cannot be centred",
+    "stride": "branches have different strides",
+    "channels": "channel counts do not match",
+    "rank": "different or unsupported numbers of spatial dimensions",
+    "padding": "a zero padding would see values that are not zeros",
+    "pool": "an average pool whose divisor changes at the borders",
+    "cost": "the folded layer would cost more multiply-adds or parameters",
+    "shared": "an intermediate output is also read elsewhere",
+    "nonlinear": "a branch passes through a non-linear op",
+    "stats": "BatchNorm statistics missing, not finite or not positive",
+    "padding-mode": "a padding mode other than zeros",
+    "overflow": "folded weights would overflow the model's dtype",
+    "effects": "an in-place op or other side effect changes a tensor the fold reads",
+    "dtype": "the op's dtype is not a real floating-point type, or types differ",
+    "type": "the rank, shape or dtype of a tensor is unknown",
+    # why a frontend keeps a layer opaque, and why a layer nothing refused stays
+    "hooks": "a module with hooks, which may change what it computes",
+    "parametrized": "a module whose weights a parametrization computes",
+    "subclass": "a subclass of a known layer class (or a replaced forward) may compute anything",
+    "training": "a BatchNorm in training mode normalises with batch statistics",
+    "arguments": "a call with arguments the lifter does not check",
+    "unsupported": "an op the lifter does not lift",
+    "final": "a conv with nothing linear before, after or beside it to fold with",
+    "alone": "a BatchNorm with no conv or parallel branch to fold into",
+}
 
 
 @dataclass(frozen=True)
 class Refusal:
     """Why an operation would not be exact (or safe); returned instead of a result.
 
-    ``warn``: the caller should also warn the user (e.g. a value would overflow).
+    ``kind`` is one of :data:`KINDS` (machine-readable), ``reason`` the message
+    for people; ``warn``: the caller should also warn the user (e.g. a value
+    would overflow).
     """
 
+    kind: str
     reason: str
     warn: bool = False
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown refusal kind {self.kind!r}")
 
     def __bool__(self) -> bool:  # a refusal is never a usable result
         return False
@@ -177,10 +213,10 @@ def avgpool(channels: int, kernel, stride=None, pads=None, count_include_pad: bo
     stride = kernel if stride is None else tuple(int(s) for s in stride)
     pads = ((0, 0),) * nd if pads is None else tuple(tuple(p) for p in pads)
     if ceil_mode:
-        return Refusal("average pool with ceil_mode has partial windows with a smaller divisor")
+        return Refusal("pool", "average pool with ceil_mode has partial windows with a smaller divisor")
     if not count_include_pad and any(a or b for a, b in pads):
-        return Refusal("average pool excludes padding from its divisor (count_include_pad=0), "
-                       "so border windows are not a fixed kernel")
+        return Refusal("pool", "average pool excludes padding from its divisor (count_include_pad=0), "
+                               "so border windows are not a fixed kernel")
     w = np.full((channels, 1) + kernel, 1.0 / math.prod(kernel))
     return Conv(w, np.zeros(channels), stride, pads, (1,) * nd, groups=channels)
 
@@ -208,7 +244,7 @@ def pad_to(conv: Conv, kernel_size: tuple[int, ...]) -> Conv | Refusal:
     extra = []
     for k, K in zip(conv.kernel_size, kernel_size):
         if K < k or (K - k) % 2:
-            return Refusal(f"cannot centre a size-{k} kernel in size {K}")
+            return Refusal("misaligned", f"cannot centre a size-{k} kernel in size {K}")
         extra.append(((K - k) // 2, (K - k) // 2))
     return pad(conv, tuple(extra))
 
@@ -274,16 +310,17 @@ def add(*convs: Conv) -> Conv | Refusal:
     first = convs[0]
     for c in convs[1:]:
         if c.ndim != first.ndim:
-            return Refusal("branches have different numbers of spatial dimensions")
+            return Refusal("rank", "branches have different numbers of spatial dimensions")
         if (c.in_channels, c.out_channels) != (first.in_channels, first.out_channels):
-            return Refusal(f"branches map {c.in_channels}->{c.out_channels} and "
-                           f"{first.in_channels}->{first.out_channels} channels")
+            return Refusal("channels", f"branches map {c.in_channels}->{c.out_channels} and "
+                                       f"{first.in_channels}->{first.out_channels} channels")
         if c.stride != first.stride:
-            return Refusal(f"branches have different strides {first.stride} and {c.stride}")
+            return Refusal("stride", f"branches have different strides {first.stride} and {c.stride}")
         if c.reach != first.reach:
-            return Refusal(f"misaligned branch padding: pads {first.pads} with kernel "
-                           f"{first.kernel_size} and pads {c.pads} with kernel {c.kernel_size} "
-                           "produce equal output sizes only for some inputs")
+            return Refusal("misaligned", f"misaligned branch padding: pads {first.pads} with "
+                                         f"kernel {first.kernel_size} and pads {c.pads} with kernel "
+                                         f"{c.kernel_size} produce equal output sizes only for "
+                                         "some inputs")
     nd = first.ndim
     begin = [max(c.pads[k][0] for c in convs) for k in range(nd)]
     # one grid of input offsets holding every tap of every branch: step = gcd of
@@ -321,18 +358,18 @@ def compose(first: Conv, second: Conv) -> Conv | Refusal:
     would leak through ``second``'s zero padding.
     """
     if first.out_channels != second.in_channels:
-        return Refusal(f"channel mismatch: {first.out_channels} feeds {second.in_channels}")
+        return Refusal("channels", f"channel mismatch: {first.out_channels} feeds {second.in_channels}")
     if first.ndim != second.ndim:
-        return Refusal("convs have different numbers of spatial dimensions")
+        return Refusal("rank", "convs have different numbers of spatial dimensions")
     second_pads = any(a or b for a, b in second.pads)
     if second_pads:
         pointwise = all(k == 1 for k in first.kernel_size) and not any(
             a or b for a, b in first.pads)
         if not pointwise:
-            return Refusal("second conv's zero padding would see the first conv's "
-                           "border outputs, not zeros")
+            return Refusal("padding", "second conv's zero padding would see the first conv's "
+                                      "border outputs, not zeros")
         if np.any(first.bias != 0):
-            return Refusal("first conv's bias would leak through the second conv's zero padding")
+            return Refusal("padding", "first conv's bias would leak through the second conv's zero padding")
     nd = first.ndim
     if _is_channel_scale(second):  # the common conv -> BN case: scale output channels
         a = second.weight.reshape(-1)

@@ -50,18 +50,46 @@ class RefuseFold(Exception):
 
 @dataclass(frozen=True)
 class Refused:
+    """A candidate a rule refused: where, why (``kind`` machine-readable, see
+    :data:`reparam.kernel.KINDS`; ``reason`` for people)."""
+
     rule: str
     node: str
     reason: str
+    kind: str
     warn: bool = False
+
+
+@dataclass(frozen=True)
+class Kept:
+    """A conv-like or BatchNorm-like layer left in the output, and why it was not folded."""
+
+    node: str
+    op: str
+    kind: str
+    reason: str
+
+
+def _grouped(items, key) -> list[list]:
+    """``items`` grouped by ``key``, groups in order of first appearance."""
+    groups: dict = {}
+    for it in items:
+        groups.setdefault(key(it), []).append(it)
+    return list(groups.values())
 
 
 @dataclass
 class Report:
-    """What a fuse did: rules fired, candidates refused (with reasons), op counts."""
+    """What a fuse did: rules fired, candidates refused (with reasons), layers kept, op counts.
+
+    ``str(report)`` is a summary (op counts, rules fired, refusals and kept
+    layers grouped by reason with a count and one example each);
+    :meth:`details` lists every refusal, kept layer and note.
+    """
 
     fired: Counter = field(default_factory=Counter)
     refused: list[Refused] = field(default_factory=list)
+    kept: list[Kept] = field(default_factory=list)
     before: Counter = field(default_factory=Counter)
     after: Counter = field(default_factory=Counter)
     seconds: float = 0.0
@@ -71,6 +99,7 @@ class Report:
         return {
             "fired": dict(self.fired),
             "refused": [r.__dict__ for r in self.refused],
+            "kept": [k.__dict__ for k in self.kept],
             "ops_before": dict(self.before),
             "ops_after": dict(self.after),
             "seconds": round(self.seconds, 4),
@@ -80,17 +109,77 @@ class Report:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
 
-    def __str__(self) -> str:
+    def op_table(self) -> list[str]:
         ops = sorted(set(self.before) | set(self.after))
         w = max([len(o) for o in ops] + [8])
         lines = [f"{'op':<{w}} {'before':>7} {'after':>7}"]
-        lines += [f"{o:<{w}} {self.before.get(o, 0):>7} {self.after.get(o, 0):>7}" for o in ops]
-        lines.append("fired: " + (", ".join(f"{k} x{v}" for k, v in sorted(self.fired.items()))
-                                  or "nothing"))
-        for r in self.refused:
-            lines.append(f"refused {r.rule} at {r.node}: {r.reason}")
-        lines += self.notes
+        return lines + [f"{o:<{w}} {self.before.get(o, 0):>7} {self.after.get(o, 0):>7}"
+                        for o in ops]
+
+    def fired_line(self) -> str:
+        return "fired: " + (", ".join(f"{k} x{v}" for k, v in sorted(self.fired.items()))
+                            or "nothing")
+
+    def refusal_lines(self, every: bool = False) -> list[str]:
+        """Refused candidates: each one, or (default) one line per rule and kind."""
+        if every:
+            return [f"refused {r.rule} at {r.node} [{r.kind}]: {r.reason}" for r in self.refused]
+        lines = []
+        for g in _grouped(self.refused, lambda r: (r.rule, r.kind)):
+            r = g[0]
+            lines.append(f"refused {r.rule} x{len(g)} [{r.kind}], e.g. at {r.node}: {r.reason}")
+        return lines
+
+    def kept_lines(self, every: bool = False) -> list[str]:
+        """Conv-like and BatchNorm-like layers left unfolded, with why."""
+        if every:
+            return [f"kept {k.op} {k.node} [{k.kind}]: {k.reason}" for k in self.kept]
+        lines = []
+        for g in _grouped(self.kept, lambda k: (k.kind, k.op)):
+            k = g[0]
+            lines.append(f"kept x{len(g)} [{k.kind}], e.g. {k.op} {k.node}: {k.reason}")
+        return lines
+
+    def details(self) -> str:
+        """Everything: op counts, rules fired, every refusal, every kept layer, every note."""
+        return "\n".join(self.op_table() + [self.fired_line()] + self.refusal_lines(True)
+                         + self.kept_lines(True) + self.notes)
+
+    def __str__(self) -> str:
+        lines = self.op_table() + [self.fired_line()] + self.refusal_lines() + self.kept_lines()
+        lines += self.notes[:5]
+        if len(self.notes) > 5:
+            lines.append(f"... and {len(self.notes) - 5} more notes")
+        hidden = len(self.refused) + len(self.kept) + len(self.notes)
+        shown = len(self.refusal_lines()) + len(self.kept_lines()) + min(5, len(self.notes))
+        if hidden > shown:
+            lines.append("(summary: report.details() lists every refusal, kept layer and note)")
         return "\n".join(lines)
+
+
+def kept_layers(graph: Graph, refused: list[Refused]) -> list[Kept]:
+    """The conv-like and BatchNorm-like layers of ``graph`` (after rewriting), each with why
+    it was not folded: a rule's refusal at it, the reason its frontend kept it opaque
+    (attr ``why``), or that nothing linear borders it."""
+    why = {}
+    for r in refused:
+        why.setdefault(r.node, r)
+    kept = []
+    for n in graph:
+        if n.op == "conv" and not n.attrs.get("pad") and not n.attrs.get("pool"):
+            r = why.get(n.name)
+            kept.append(Kept(n.name, "conv", r.kind, f"{r.rule}: {r.reason}") if r else
+                        Kept(n.name, "conv", "final", "nothing linear before, after or beside it "
+                             "to fold with"))
+        elif n.op == "bn" and not n.attrs.get("affine"):
+            r = why.get(n.name)
+            kept.append(Kept(n.name, "bn", r.kind, f"{r.rule}: {r.reason}") if r else
+                        Kept(n.name, "bn", "alone", "no conv before or after it to fold into and "
+                             "no parallel branch to merge with"))
+        elif isinstance(n.attrs.get("why"), Refusal):
+            w = n.attrs["why"]
+            kept.append(Kept(n.name, n.label, w.kind, w.reason))
+    return kept
 
 
 def run(graph: Graph, rules: list[Rule], max_sweeps: int = 1000) -> Report:
@@ -121,7 +210,9 @@ def run(graph: Graph, rules: list[Rule], max_sweeps: int = 1000) -> Report:
             break
     else:
         raise RuntimeError(f"rewrite did not reach a fixpoint in {max_sweeps} sweeps")
-    report.refused = [Refused(r, n, why.reason, why.warn) for (r, n), why in refused.items()]
+    report.refused = [Refused(r, n, why.reason, why.kind, why.warn)
+                      for (r, n), why in refused.items()]
+    report.kept = kept_layers(graph, report.refused)
     report.after = graph.op_counts()
     report.seconds = time.perf_counter() - start
     return report

@@ -8,7 +8,6 @@ trace, :func:`fuse_parts` fuses its largest traceable submodules.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import warnings
@@ -16,24 +15,14 @@ import warnings
 import torch
 from torch import fx, nn
 
+from .fx_effects import analyse
 from .fx_lift import lift
 from .fx_lower import lower
+from .fx_types import capture_inputs, propagate
 
 
 #: default verification tolerance, relative to max|reference|, per dtype
 RTOL = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module):
-    """Put ``model`` in eval mode for the duration, then restore every module's flag."""
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, training in flags:
-            m.training = training
 
 
 class _Tracer(fx.Tracer):
@@ -74,56 +63,104 @@ def _first_line(e: Exception) -> str:
     return f"{type(e).__name__}: {text[0] if text else ''}"
 
 
+def as_args(example_inputs) -> tuple:
+    """``example_inputs`` as the tuple of positional arguments of a forward call."""
+    if isinstance(example_inputs, tuple):
+        return example_inputs
+    return tuple(example_inputs) if isinstance(example_inputs, list) else (example_inputs,)
+
+
+def _training_batchnorms(model: nn.Module) -> list[str]:
+    return [name or "<model>" for name, m in model.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+
+
 def fuse_module(model: nn.Module, rules, example_inputs=None, rtol: float | None = None,
                 leaf_modules=(), concrete_args=None):
-    """Trace ``model`` (in eval mode), rewrite it with ``rules``; returns ``(module, Report)``.
+    """Rewrite a deep copy of ``model`` with ``rules``; returns ``(module, Report)``.
 
-    The module is a GraphModule when the whole model traces; otherwise a copy of
-    ``model`` whose largest traceable submodules are replaced by their fused
-    GraphModules (see :func:`fuse_parts`). ``model`` itself is left as it was.
+    The module is a GraphModule when the whole model traces; otherwise the copy
+    of ``model`` with its largest traceable submodules replaced by their fused
+    GraphModules (see :func:`fuse_parts`). ``model`` itself is never touched:
+    tracing, shape propagation and rewriting all work on the copy, and the check
+    against ``example_inputs`` runs another copy.
     """
-    from ..errors import TraceError
-    from ..rewrite import run
+    from ..errors import ReparamError, TraceError
 
     notes = []
+    memo: dict = {}
+    try:
+        reference = copy.deepcopy(model) if example_inputs is not None else None
+        work = copy.deepcopy(model, memo)
+    except Exception as e:
+        raise ReparamError(f"cannot copy the model (reparam.fuse never changes the model it is "
+                           f"given, so it works on a copy): {_first_line(e)}; e.g. a module "
+                           "under the legacy torch.nn.utils.weight_norm cannot be copied after "
+                           "a forward: use torch.nn.utils.parametrizations.weight_norm, or "
+                           "remove_weight_norm before fusing") from e
+    leaves = [memo.get(id(m), m) for m in leaf_modules]  # the copies of leaf instances
     if model.training:
         msg = ("model is in training mode: folding uses BatchNorm running statistics "
                "(inference semantics); the fused model is returned in eval mode")
         warnings.warn(msg, UserWarning, stacklevel=3)
         notes.append("note: " + msg)
-    with eval_mode(model):
-        try:
-            traced = trace(model, leaf_modules, concrete_args)
-        except Exception as e:  # the tracer raises many kinds; fall back to the parts
-            fused, report = fuse_parts(model, rules, leaf_modules)
-            if not report.before:
-                raise TraceError(f"torch.fx could not trace {type(model).__name__} nor any of "
-                                 f"its submodules: {_first_line(e)}") from e
-            report.notes.insert(0, f"skipped <model> ({type(model).__name__}): {_first_line(e)}")
-        else:
-            graph = lift(traced)
-            report = run(graph, rules)
-            fused = lower(graph, traced, type(model).__name__)
-        report.notes.extend(notes)
-        for r in report.refused:
-            if r.warn:
-                warnings.warn(f"{r.node}: {r.reason}; left unfolded", UserWarning, stacklevel=3)
-        if example_inputs is not None:
-            verify(model, fused, example_inputs, rtol)
+        work.eval()
+        if reference is not None:
+            reference.eval()
+    else:
+        training = _training_batchnorms(model)
+        if training:
+            msg = (f"BatchNorm in training mode inside a model in eval mode, left as it is (it "
+                   f"normalises with batch statistics): {', '.join(training)}")
+            warnings.warn(msg, UserWarning, stacklevel=3)
+            notes.append("note: " + msg)
+    runs = None if example_inputs is None else [list(as_args(example_inputs))]
+    try:
+        traced = trace(work, leaves, concrete_args)
+    except Exception as e:  # the tracer raises many kinds; fall back to the parts
+        calls = capture_inputs(work, as_args(example_inputs)) if runs is not None else {}
+        fused, report = fuse_parts(work, rules, leaves, calls)
+        if not report.before:
+            raise TraceError(f"torch.fx could not trace {type(model).__name__} nor any of "
+                             f"its submodules: {_first_line(e)}") from e
+        report.notes.insert(0, f"skipped <model> ({type(model).__name__}): {_first_line(e)}")
+    else:
+        fused, report = fuse_traced(traced, rules, runs, type(model).__name__)
+    report.notes.extend(notes)
+    for r in report.refused:
+        if r.warn:
+            warnings.warn(f"{r.node}: {r.reason}; left unfolded", UserWarning, stacklevel=3)
+    if reference is not None:
+        verify(reference, fused, example_inputs, rtol)
     return fused, report
 
 
-def fuse_parts(model: nn.Module, rules, leaf_modules=()):
-    """Fuse the largest traceable submodules of a copy of ``model``; leave the rest as it is.
+def fuse_traced(traced: fx.GraphModule, rules, runs, class_name: str):
+    """Type, lift, rewrite and lower one traced module; returns ``(GraphModule, Report)``."""
+    from ..rewrite import run
+
+    types = propagate(traced, runs)
+    graph = lift(traced, types, analyse(traced, types))
+    report = run(graph, rules)
+    if types.note:
+        report.notes.append("note: " + types.note)
+    return lower(graph, traced, class_name), report
+
+
+def fuse_parts(model: nn.Module, rules, leaf_modules=(), calls=None):
+    """Fuse the largest traceable submodules of ``model`` (modified: it is the caller's copy);
+    leave the rest as it is.
 
     Children are tried in order; one that does not trace is descended into.
-    A part replaced by its GraphModule only where some rule fired. The report
-    sums the parts' counts, prefixes node names with the part's path and
-    notes every skipped module with the tracer's error.
+    A part is replaced by its GraphModule only where some rule fired. Its types
+    come from the inputs it was called with (``calls``: path -> input lists, see
+    :func:`reparam.frontends.fx_types.capture_inputs`) or else from the inputs it
+    justifies. The report sums the parts' counts, prefixes node names with the
+    part's path and notes every skipped module with the tracer's error.
     """
-    from ..rewrite import Report, run
+    from ..rewrite import Report
 
-    result, report = copy.deepcopy(model), Report()
+    report, calls = Report(), calls or {}
 
     def visit(module: nn.Module, prefix: str):
         for name, child in list(module.named_children()):
@@ -134,18 +171,19 @@ def fuse_parts(model: nn.Module, rules, leaf_modules=()):
                 report.notes.append(f"skipped {path} ({type(child).__name__}): {_first_line(e)}")
                 visit(child, path + ".")
                 continue
-            graph = lift(traced)
-            part = run(graph, rules)
+            fused, part = fuse_traced(traced, rules, calls.get(path), type(child).__name__)
             report.fired.update(part.fired)
             report.before.update(part.before)
             report.after.update(part.after)
             report.seconds += part.seconds
             report.refused += [dataclasses.replace(r, node=f"{path}.{r.node}") for r in part.refused]
+            report.kept += [dataclasses.replace(k, node=f"{path}.{k.node}") for k in part.kept]
+            report.notes += [f"{path}: {n}" for n in part.notes]
             if part.fired:
-                setattr(module, name, lower(graph, traced, type(child).__name__))
+                setattr(module, name, fused)
 
-    visit(result, "")
-    return result, report
+    visit(model, "")
+    return model, report
 
 
 def verify(reference: nn.Module, fused: nn.Module, example_inputs, rtol: float | None = None):
@@ -158,10 +196,10 @@ def verify(reference: nn.Module, fused: nn.Module, example_inputs, rtol: float |
 
     from ..errors import VerificationError
 
-    args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
-    with torch.no_grad():
-        ref, _ = tree_flatten(reference.eval()(*args))
-        got, _ = tree_flatten(fused.eval()(*args))
+    args = as_args(example_inputs)
+    with torch.no_grad():  # each model gets its own copy of the inputs: either may change them
+        ref, _ = tree_flatten(reference(*copy.deepcopy(args)))
+        got, _ = tree_flatten(fused(*copy.deepcopy(args)))
     if len(ref) != len(got):
         raise VerificationError(f"fused model returns {len(got)} outputs, original {len(ref)}")
     worst = 0.0
@@ -171,8 +209,9 @@ def verify(reference: nn.Module, fused: nn.Module, example_inputs, rtol: float |
         if r.shape != g.shape:
             raise VerificationError(f"output {i}: shape {tuple(g.shape)} != {tuple(r.shape)}")
         tol = rtol if rtol is not None else RTOL.get(r.dtype, 1e-4)
+        wide = torch.complex128 if r.is_complex() else torch.float64
         scale = r.abs().max().item() if r.numel() else 0.0
-        diff = (g.double() - r.double()).abs().max().item() if r.numel() else 0.0
+        diff = (g.to(wide) - r.to(wide)).abs().max().item() if r.numel() else 0.0
         ratio = diff / scale if scale else diff
         if not ratio <= tol:  # also catches NaN
             raise VerificationError(f"output {i}: max|diff| = {diff:.3g} is {ratio:.3g} of "

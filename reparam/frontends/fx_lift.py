@@ -1,34 +1,353 @@
-"""Lifting for the torch.fx frontend: the IR of a traced ``nn.Module``.
+"""Lifting for the torch.fx frontend: the typed IR of a traced ``nn.Module``.
 
-Lifting reads each fx node: ``nn.ConvNd`` calls become ``conv`` nodes (weights
-in float64), ``nn.BatchNormNd`` calls ``bn`` nodes (running statistics),
-tensor additions ``add``, ``nn.Identity`` ``identity``; every other node is
-opaque and keeps its fx node as ``origin`` (see :func:`lift` for zero pads,
-average pools and elementwise ops with a constant).
+Every fx node becomes one IR node with the :class:`~reparam.ir.TensorType` of
+its value (from :mod:`reparam.frontends.fx_types`). A node is lifted into an op
+the passes understand only when its callable is the exact torch function,
+Tensor method or module class below and every argument is one the lifter
+checks:
+
+=========================================  ============================================
+fx node                                    IR
+=========================================  ============================================
+``nn.Conv1d/2d/3d`` module                 ``conv`` (input ``(N, C, *spatial)``)
+``nn.BatchNorm1d/2d/3d``, ``SyncBatchNorm`` ``bn`` (eval mode: running statistics)
+module
+``nn.Identity`` module                     ``identity``
+``nn.ZeroPad*d``, ``nn.ConstantPad*d``     ``conv``: an identity kernel with the padding
+(value 0), ``F.pad`` (constant 0)
+``nn.AvgPool1d/2d/3d`` module              ``conv``: :func:`reparam.kernel.avgpool`
+``a + b``, ``a - b``, ``torch.add/sub``,    ``add`` (weighted sum, ``alpha`` a coefficient)
+``Tensor.add/sub`` (``alpha=``) of two     when ``a``, ``b`` and the result have one type
+computed tensors
+``x (+ - * /) c``, ``torch.add/sub/mul/``   ``bn`` (per-channel affine ``y = a*x + b``)
+``div``, Tensor methods, with ``c`` a      when the result has ``x``'s type (no dtype
+number or a stored per-channel tensor      promotion, no broadcasting of ``x``)
+``get_attr``                               ``constant``
+=========================================  ============================================
+
+A module is lifted only when it is of exactly that class (a subclass may
+compute anything), has no hooks and no parametrizations, its ``forward`` is
+the class's, its parameters are real floating point (not complex, not
+quantized) and nothing in the graph changes them in place, and a BatchNorm is
+in eval mode. Everything else is opaque and kept as it was; an opaque
+conv-like or BatchNorm-like layer carries attr ``why`` (a
+:class:`~reparam.kernel.Refusal`) that the report lists. Side effects
+(:mod:`reparam.frontends.fx_effects`) go into the IR as alias classes and
+mutation records.
 """
 from __future__ import annotations
 
+import inspect
 import operator
+from inspect import Parameter
 
 import numpy as np
 import torch
 from torch import fx, nn
+import torch.nn.functional as F
+from torch.nn.utils import parametrize
 
-from ..ir import Graph, Node
 from .. import kernel
-from ..kernel import Conv
+from ..ir import OPAQUE, Graph, Node
+from ..kernel import Conv, Refusal
+from .fx_effects import Effects, has_hooks, known_class
+from .fx_types import Types, dtype_name
 
-_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_BNS = {nn.BatchNorm1d: 1, nn.BatchNorm2d: 2, nn.BatchNorm3d: 3}
+CONV_NDIM = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}
+#: BatchNorm classes and the input ranks their forward accepts (None: any rank >= 2)
+_BN_RANKS = {nn.BatchNorm1d: (2, 3), nn.BatchNorm2d: (4,), nn.BatchNorm3d: (5,),
+             nn.SyncBatchNorm: None}
+_PAD_NDIM = {nn.ZeroPad1d: 1, nn.ZeroPad2d: 2, nn.ZeroPad3d: 3, nn.ConstantPad1d: 1,
+             nn.ConstantPad2d: 2, nn.ConstantPad3d: 3}
+_POOL_NDIM = {nn.AvgPool1d: 1, nn.AvgPool2d: 2, nn.AvgPool3d: 3}
+#: functional forms of conv-like and BatchNorm-like layers, reported when left opaque
+_FUNCTIONAL_LAYERS = (F.conv1d, F.conv2d, F.conv3d, torch.conv1d, torch.conv2d, torch.conv3d,
+                      F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d, F.batch_norm,
+                      torch.batch_norm)
+
+
+_KNOWN = frozenset(CONV_NDIM) | frozenset(_BN_RANKS) | frozenset(_PAD_NDIM) \
+    | frozenset(_POOL_NDIM) | {nn.Identity}
+def _sig(*names, **keyword_only) -> inspect.Signature:
+    return inspect.Signature(
+        [Parameter(n, Parameter.POSITIONAL_OR_KEYWORD) for n in names]
+        + [Parameter(k, Parameter.KEYWORD_ONLY, default=v) for k, v in keyword_only.items()])
+
+
+_ADD_SIG = _sig("input", "other", alpha=1, out=None)
+_MUL_SIG = _sig("input", "other", out=None)
+_DIV_SIG = _sig("input", "other", rounding_mode=None, out=None)
+_PAD_SIG = inspect.Signature([Parameter("input", Parameter.POSITIONAL_OR_KEYWORD),
+                              Parameter("pad", Parameter.POSITIONAL_OR_KEYWORD),
+                              Parameter("mode", Parameter.POSITIONAL_OR_KEYWORD, default="constant"),
+                              Parameter("value", Parameter.POSITIONAL_OR_KEYWORD, default=None)])
+#: elementwise arithmetic: callable -> (kind, signature; None for two positional operands)
+_ARITH_FUNCTIONS = {
+    operator.add: ("add", None), operator.sub: ("sub", None), operator.mul: ("mul", None),
+    operator.truediv: ("div", None), torch.add: ("add", _ADD_SIG), torch.sub: ("sub", _ADD_SIG),
+    torch.subtract: ("sub", _ADD_SIG), torch.mul: ("mul", _MUL_SIG),
+    torch.multiply: ("mul", _MUL_SIG), torch.div: ("div", _DIV_SIG),
+    torch.divide: ("div", _DIV_SIG), torch.true_divide: ("div", _MUL_SIG)}
+#: the same as Tensor methods (the receiver is ``input``)
+_ARITH_METHODS = {"add": ("add", _ADD_SIG), "sub": ("sub", _ADD_SIG),
+                  "subtract": ("sub", _ADD_SIG), "mul": ("mul", _MUL_SIG),
+                  "multiply": ("mul", _MUL_SIG), "div": ("div", _DIV_SIG),
+                  "divide": ("div", _DIV_SIG), "true_divide": ("div", _MUL_SIG)}
 
 
 def _np(t: torch.Tensor | None, n: int, fill: float) -> np.ndarray:
+    """``t`` as a float64 numpy copy (never a view of the model's memory); ``fill`` if None."""
     if t is None:
         return np.full(n, fill)
-    t = t.detach()
-    if t.device.type != "cpu" or t.dtype not in (torch.float16, torch.float32, torch.float64):
-        t = t.to("cpu", torch.float64)
-    return t.numpy().astype(np.float64)  # a copy: never a view of the model's memory
+    return t.detach().to("cpu", torch.float64).numpy().copy()
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _getattr_path(root, target: str):
+    for part in target.split("."):
+        root = getattr(root, part)
+    return root
+
+
+class _Lifter:
+    def __init__(self, gm: fx.GraphModule, types: Types, effects: Effects):
+        self.gm, self.types, self.effects = gm, types, effects
+        self.modules = dict(gm.named_modules())
+
+    # --- modules ------------------------------------------------------------------
+    def module_refusal(self, m: nn.Module, x) -> Refusal | None:
+        """Why module ``m`` (of a class the lifter knows) called on ``x`` stays opaque."""
+        name = type(m).__name__
+        if has_hooks(m):
+            return Refusal("hooks", f"{name} has hooks, which may change what it computes")
+        if "forward" in m.__dict__:
+            return Refusal("subclass", f"{name} has its forward replaced on the instance")
+        tensors = [t for t in list(m._parameters.values()) + list(m._buffers.values())
+                   if t is not None]
+        if any(id(t) in self.effects.mutated_tensors for t in tensors):
+            return Refusal("effects", f"the model changes the parameters or buffers of this "
+                                      f"{name} in place")
+        if any(t.is_quantized or t.is_complex() or not (t.is_floating_point() or
+                                                         t.dtype == torch.long)
+               for t in tensors):
+            return Refusal("dtype", f"{name} has parameters that are not real floating point")
+        t = self.types.get(x)
+        if t is None:
+            note = f" ({self.types.note})" if self.types.note else ""
+            return Refusal("type", f"the type of the input of this {name} is unknown{note}")
+        if not t.is_float:
+            return Refusal("dtype", f"{name} reads a {t.dtype} tensor")
+        weight = next((v for v in tensors if v.is_floating_point()), None)
+        if weight is not None and dtype_name(weight.dtype) != t.dtype:
+            return Refusal("dtype", f"{name} has {dtype_name(weight.dtype)} parameters but reads "
+                                    f"a {t.dtype} tensor")
+        return None
+
+    def module(self, node: fx.Node, m: nn.Module):
+        cls, x = known_class(type(m), _KNOWN), node.args[0] if len(node.args) == 1 and not node.kwargs \
+            else None
+        if parametrize.is_parametrized(m):
+            return None, Refusal("parametrized", f"{type(m).__name__} has parametrized weights")
+        if cls is None:
+            if isinstance(m, (nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm)):
+                qual = f"{type(m).__module__}.{type(m).__qualname__}"
+                base = next((b for b in type(m).__mro__ if b in _KNOWN), None)
+                if base is None:
+                    return None, Refusal("unsupported", f"{qual} is not lifted")
+                return None, Refusal("subclass", f"{qual} subclasses {base.__name__} and "
+                                                 "overrides what it computes")
+            return None, None
+        if x is None:
+            return None, Refusal("arguments", f"{cls.__name__} called with other arguments "
+                                              "than one tensor")
+        why = self.module_refusal(m, x)
+        if why is not None:
+            return None, why
+        t = self.types.get(x)
+        if cls is nn.Identity:
+            return ("identity", {}), None
+        if cls in CONV_NDIM:
+            if t.rank != CONV_NDIM[cls] + 2:
+                return None, Refusal("rank", f"{cls.__name__} reads a rank-{t.rank} tensor, "
+                                             "not a batch (N, C, *spatial)")
+            return ("conv", lift_conv(m)), None
+        if cls in _BN_RANKS:
+            ranks = _BN_RANKS[cls]
+            if m.training:
+                return None, Refusal("training", f"{cls.__name__} is in training mode inside a "
+                                                 "model in eval mode: it normalises with batch "
+                                                 "statistics")
+            if t.rank is None or t.rank < 2 or ranks is not None and t.rank not in ranks:
+                return None, Refusal("rank", f"{cls.__name__} reads a rank-{t.rank} tensor")
+            return ("bn", lift_bn(m)), None
+        if t.channels is None or t.rank is None:
+            return None, None
+        if cls in _PAD_NDIM:
+            nd = _PAD_NDIM[cls]
+            if t.rank != nd + 2 or float(getattr(m, "value", 0.0)) != 0.0:
+                return None, None
+            return _pad_conv(t, list(m.padding)), None
+        nd = _POOL_NDIM[cls]
+        if t.rank != nd + 2:
+            return None, None
+        return _pool_conv(m, nd, t.channels), None
+
+    # --- functions and methods ----------------------------------------------------------
+    def call(self, node: fx.Node):
+        """(op, attrs, fx inputs) of a lifted call_function / call_method, or None."""
+        if node.op == "call_function":
+            entry = _ARITH_FUNCTIONS.get(node.target)
+            if node.target is F.pad:
+                return self.pad(node)
+        else:
+            receiver = node.args[0] if node.args else None
+            entry = _ARITH_METHODS.get(node.target) if self.types.get(receiver) is not None \
+                else None
+        if entry is None:
+            return None
+        kind, sig = entry
+        if sig is None:
+            if len(node.args) != 2 or node.kwargs:
+                return None
+            a, b, alpha = node.args[0], node.args[1], 1
+        else:
+            try:
+                bound = sig.bind(*node.args, **node.kwargs)
+            except TypeError:
+                return None
+            args = {**{k: p.default for k, p in sig.parameters.items()}, **bound.arguments}
+            if args["out"] is not None or args.get("rounding_mode") is not None:
+                return None
+            a, b, alpha = args["input"], args["other"], args.get("alpha", 1)
+            if not _number(alpha):
+                return None
+        return self.arith(node, kind, a, b, float(alpha))
+
+    def arith(self, node: fx.Node, kind: str, a, b, alpha: float):
+        types = self.types
+        out = types.get(node)
+        if out is None or not out.is_float:
+            return None
+        computed = [isinstance(v, fx.Node) and v.op != "get_attr" for v in (a, b)]
+        if all(computed):
+            ta, tb = types.get(a), types.get(b)
+            if kind not in ("add", "sub") or ta != out or tb != out \
+                    or not (types.same_shape(a, node) and types.same_shape(b, node)):
+                return None
+            return "add", {"coeffs": (1.0, alpha if kind == "add" else -alpha)}, [a, b]
+        if not any(computed):
+            return None
+        slot = 0 if computed[0] else 1
+        x, c = (a, b) if slot == 0 else (b, a)
+        tx = types.get(x)
+        if tx != out or tx.channels is None or not types.same_shape(x, node):
+            return None  # the result is promoted or broadcast: not an affine map of x
+        value = self.constant(c)
+        if value is None or value.ndim > tx.rank:
+            return None
+        shape = (1,) * (tx.rank - value.ndim) + value.shape
+        if any(s != 1 for k, s in enumerate(shape) if k != 1) or shape[1] not in (1, tx.channels):
+            return None
+        v = np.broadcast_to(value.reshape(-1), (tx.channels,)).astype(np.float64)
+        one, zero = np.ones(tx.channels), np.zeros(tx.channels)
+        if kind == "div" and (slot == 1 or np.any(v == 0)):
+            return None
+        if kind == "div":
+            weight, shift = 1.0 / v, zero
+        else:
+            weight, shift = {("add", 0): (one, alpha * v), ("add", 1): (alpha * one, v),
+                             ("sub", 0): (one, -alpha * v), ("sub", 1): (-alpha * one, v),
+                             ("mul", 0): (v, zero), ("mul", 1): (v, zero)}[(kind, slot)]
+        attrs = {"mean": zero, "var": one.copy(), "eps": 0.0, "weight": weight, "bias": shift,
+                 "affine": kind}
+        return "bn", attrs, [x] + ([c] if isinstance(c, fx.Node) else [])
+
+    def constant(self, c) -> np.ndarray | None:
+        """A Python number or a stored real floating-point tensor nothing changes, as float64."""
+        if _number(c):
+            return np.array(float(c))
+        if isinstance(c, fx.Node) and c.op == "get_attr":
+            t = _getattr_path(self.gm, c.target)
+            if isinstance(t, torch.Tensor) and t.is_floating_point() and not t.is_quantized \
+                    and id(t) not in self.effects.mutated_tensors:
+                return t.detach().to("cpu", torch.float64).numpy().copy()
+        return None
+
+    def pad(self, node: fx.Node):
+        try:
+            bound = _PAD_SIG.bind(*node.args, **node.kwargs)
+        except TypeError:
+            return None
+        args = {**{k: p.default for k, p in _PAD_SIG.parameters.items()}, **bound.arguments}
+        x, flat, t = args["input"], args["pad"], self.types.get(args["input"])
+        if args["mode"] != "constant" or args["value"] not in (None, 0) \
+                or isinstance(args["value"], bool) or t is None or not t.is_float \
+                or t.channels is None or not isinstance(flat, (list, tuple)) \
+                or not all(isinstance(p, int) and not isinstance(p, bool) for p in flat):
+            return None
+        if len(flat) % 2 or len(flat) // 2 > t.rank - 2:
+            return None
+        lifted = _pad_conv(t, list(flat))
+        return None if lifted is None else (*lifted, [x])
+
+    # --- the whole graph ------------------------------------------------------------------
+    def classify(self, node: fx.Node):
+        """IR op, attrs and the fx nodes that are its IR inputs, for one fx node."""
+        first = [node.args[0]] if node.args else []
+        if node.op == "call_module":
+            m = self.modules[node.target]
+            lifted, why = self.module(node, m)
+            if lifted is not None:
+                return lifted[0], lifted[1], first
+            attrs = {"label": type(m).__name__}
+            if why is not None and isinstance(m, (nn.modules.conv._ConvNd,
+                                                  nn.modules.batchnorm._NormBase)):
+                attrs["why"] = why
+            return OPAQUE, attrs, list(node.all_input_nodes)
+        if node.op == "get_attr":
+            return "constant", {}, []
+        if node.op in ("call_function", "call_method"):
+            lifted = self.call(node)
+            if lifted is not None:
+                return lifted
+        attrs = {"label": _label(node)}
+        if node.op == "call_function" and node.target in _FUNCTIONAL_LAYERS:
+            attrs["why"] = Refusal("unsupported", f"{_label(node)} (a functional layer) is not "
+                                                  "lifted")
+        return OPAQUE, attrs, list(node.all_input_nodes)
+
+    def lift(self) -> Graph:
+        graph = Graph()
+        ir_of: dict[fx.Node, Node] = {}
+        for node in self.gm.graph.nodes:
+            op, attrs, fx_inputs = self.classify(node)
+            attrs["fx_inputs"] = fx_inputs
+            name = node.target if node.op == "call_module" else node.name
+            ir_of[node] = graph.add(op, [ir_of[i] for i in fx_inputs], attrs, name, origin=node,
+                                    type=self.types.get(node))
+        for node, aliases in self.effects.aliases.items():
+            for i in aliases:
+                graph.unite(ir_of[node], ir_of[i])
+        for node, changed in self.effects.mutates.items():
+            for i in changed:
+                graph.mark_mutation(ir_of[i], by=ir_of[node])
+        return graph
+
+
+def _label(node: fx.Node) -> str:
+    """A readable, qualified name of what an fx node calls."""
+    if node.op == "call_method":
+        return f"Tensor.{node.target}"
+    if node.op != "call_function":
+        return {"placeholder": "<input>", "output": "<output>"}.get(node.op, node.op)
+    t = node.target
+    name = getattr(t, "__name__", str(t))
+    module = getattr(t, "__module__", None) or ""
+    module = "operator" if module == "_operator" else module
+    return f"{module}.{name}" if module else name
 
 
 def _conv_pads(m: nn.Module) -> tuple[tuple[int, int], ...]:
@@ -42,245 +361,52 @@ def _conv_pads(m: nn.Module) -> tuple[tuple[int, int], ...]:
 
 
 def lift_conv(m: nn.Module) -> dict:
-    kernel = Conv(_np(m.weight, 0, 0), _np(m.bias, m.out_channels, 0.0), m.stride,
-                  _conv_pads(m), m.dilation, m.groups)
-    attrs = {"kernel": kernel, "dtype": m.weight.dtype, "device": m.weight.device}
+    kernel_ = Conv(_np(m.weight, 0, 0), _np(m.bias, m.weight.shape[0], 0.0), tuple(m.stride),
+                   _conv_pads(m), tuple(m.dilation), m.groups)
+    attrs = {"kernel": kernel_}
     if m.padding_mode != "zeros":
-        attrs["refuse"] = f"padding_mode={m.padding_mode!r} is not zero padding"
+        attrs["refuse"] = Refusal("padding-mode", f"padding_mode={m.padding_mode!r} is not zero "
+                                                  "padding")
     return attrs
 
 
-def lift_bn(m: nn.Module, ndim: int) -> dict:
+def lift_bn(m: nn.Module) -> dict:
     c = m.num_features
-    ref = next((t for t in (m.running_mean, m.weight) if t is not None), None)
-    attrs = {"ndim": ndim, "eps": float(m.eps), "weight": _np(m.weight, c, 1.0),
-             "bias": _np(m.bias, c, 0.0)}
-    if ref is not None:
-        attrs.update(dtype=ref.dtype, device=ref.device)
+    attrs = {"eps": float(m.eps), "weight": _np(m.weight, c, 1.0), "bias": _np(m.bias, c, 0.0)}
     if m.running_mean is None or m.running_var is None:
-        attrs["refuse"] = ("BatchNorm has no running statistics (track_running_stats=False): "
-                           "it normalises with batch statistics at inference")
+        attrs["refuse"] = Refusal("stats", "BatchNorm has no running statistics "
+                                           "(track_running_stats=False): it normalises with "
+                                           "batch statistics at inference")
     else:
         attrs["mean"], attrs["var"] = _np(m.running_mean, c, 0), _np(m.running_var, c, 1)
     return attrs
 
 
-_PAD_NDIM = {nn.ZeroPad1d: 1, nn.ZeroPad2d: 2, nn.ZeroPad3d: 3, nn.ConstantPad1d: 1,
-             nn.ConstantPad2d: 2, nn.ConstantPad3d: 3}
-_POOL_NDIM = {nn.AvgPool1d: 1, nn.AvgPool2d: 2, nn.AvgPool3d: 3}
-_PADS, _POOLS = tuple(_PAD_NDIM), tuple(_POOL_NDIM)
-
-
-def _ndim_of(m: nn.Module, table: dict) -> int:
-    """Spatial rank of a pad or pool module, by the torch class it is an instance of."""
-    return next(nd for cls, nd in table.items() if isinstance(m, cls))
-
-
-#: modules and functions whose output has the channels of their (first) input
-_SAME_CHANNELS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid,
-                  nn.Sigmoid, nn.Tanh, nn.Mish, nn.ELU, nn.Dropout, nn.Identity,
-                  nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d) + _PADS + _POOLS
-_SAME_CHANNELS_FN = {"relu", "relu6", "gelu", "silu", "sigmoid", "hardswish", "dropout", "pad",
-                     "avg_pool2d", "max_pool2d", "leaky_relu", "tanh"}
-_ARITH = {operator.add: "add", torch.add: "add", "add": "add", operator.sub: "sub",
-          torch.sub: "sub", "sub": "sub", operator.mul: "mul", torch.mul: "mul", "mul": "mul",
-          operator.truediv: "div", torch.div: "div", "div": "div"}
-
-
-def _pad_pairs(flat, ndim: int):
-    """torch's pad list (last dimension first) as per-dimension (begin, end), or None."""
-    flat = list(flat)
-    if len(flat) != 2 * ndim or min(flat) < 0:
+def _pad_conv(t, flat: list):
+    """A zero pad of the last ``len(flat) / 2`` dimensions (torch's order: last first) of a
+    tensor of type ``t``, as an identity kernel with that padding."""
+    pairs = [(flat[2 * i], flat[2 * i + 1]) for i in range(len(flat) // 2)][::-1]
+    if any(p < 0 for pair in pairs for p in pair):
         return None
-    pairs = [(flat[2 * i], flat[2 * i + 1]) for i in range(ndim)]
-    return tuple(reversed(pairs))
+    pads = ((0, 0),) * (t.rank - 2 - len(pairs)) + tuple(pairs)
+    return "conv", {"kernel": kernel.identity(t.channels, ndim=t.rank - 2).replace(pads=pads),
+                    "pad": True}
 
 
-def _pending_pad(pads):
-    """A zero pad as an identity kernel, once its channel count is known."""
-    if pads is None:
-        return None
-    return lambda c: ("conv", {"kernel": kernel.identity(c, ndim=len(pads)).replace(pads=pads)})
-
-
-def _pending_pool(m: nn.Module):
-    nd = _ndim_of(m, _POOL_NDIM)
-    tup = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v,) * nd  # noqa: E731
+def _pool_conv(m: nn.Module, nd: int, channels: int):
     if getattr(m, "divisor_override", None):
         return None
+
+    def tup(v):
+        return tuple(v) if isinstance(v, (tuple, list)) else (v,) * nd
     ks, st, pd = tup(m.kernel_size), tup(m.stride or m.kernel_size), tup(m.padding)
-
-    def make(c):
-        k = kernel.avgpool(c, ks, st, tuple((p, p) for p in pd), m.count_include_pad, m.ceil_mode)
-        return ("conv", {"kernel": k}) if k else ("conv", {"kernel": None, "refuse": k.reason})
-    return make
-
-
-def _constant(node: fx.Node, gm: fx.GraphModule):
-    """The value of a get_attr node or a Python number, as float64 numpy; else None."""
-    if isinstance(node, (int, float)) and not isinstance(node, bool):
-        return np.array(float(node))
-    if isinstance(node, fx.Node) and node.op == "get_attr":
-        t = _getattr_path(gm, node.target)
-        if isinstance(t, torch.Tensor) and t.is_floating_point():
-            return _np(t, 0, 0)
-    return None
+    k = kernel.avgpool(channels, ks, st, tuple((p, p) for p in pd), m.count_include_pad,
+                       m.ceil_mode)
+    if not k:
+        return "conv", {"kernel": None, "refuse": k, "pool": True}
+    return "conv", {"kernel": k, "pool": True}
 
 
-def _getattr_path(root, target: str):
-    for part in target.split("."):
-        root = getattr(root, part)
-    return root
-
-
-def _arith(node: fx.Node, gm: fx.GraphModule):
-    """Elementwise + - * / as an IR op: weighted ``add``, or a per-channel affine ``bn``."""
-    kind = _ARITH.get(node.target) if node.op in ("call_function", "call_method") else None
-    if kind is None or len(node.args) != 2 or node.kwargs:
-        return None
-    a, b = node.args
-    if isinstance(a, fx.Node) and isinstance(b, fx.Node) and a.op != "get_attr" and b.op != "get_attr":
-        if kind in ("add", "sub"):
-            return "add", {"coeffs": (1.0, 1.0 if kind == "add" else -1.0)}, [a, b]
-        return None
-    slot = 0 if isinstance(a, fx.Node) and a.op != "get_attr" else 1
-    x, other = (a, b) if slot == 0 else (b, a)
-    v = _constant(other, gm)
-    if not isinstance(x, fx.Node) or v is None or (kind == "div" and (slot == 1 or np.any(v == 0))):
-        return None
-    if v.size > 1:  # per-channel: (C,1,..,1) or (1,C,1,..,1) against (N,C,*spatial)
-        c = v.size
-        if v.ndim < 2 or sum(d != 1 for d in v.shape) != 1 or c not in v.shape[:2]:
-            return None
-        spatial = v.ndim - 1 if v.shape[0] == c else v.ndim - 2
-        if spatial < 1:
-            return None
-    flat = v.reshape(-1)
-    weight, shift = {"add": (1.0, flat), "sub": (1.0, -flat) if slot == 0 else (-1.0, flat),
-                     "mul": (flat, 0.0), "div": (1.0 / flat, 0.0)}[kind]
-
-    def make(c, ndim):
-        w, sh = (np.broadcast_to(np.asarray(t, dtype=np.float64), (c,)).copy()
-                 for t in (weight, shift))
-        return "bn", {"mean": np.zeros(c), "var": np.ones(c), "eps": 0.0, "weight": w,
-                      "bias": sh, "ndim": ndim}
-    ins = [x] + ([other] if isinstance(other, fx.Node) else [])
-    if v.size > 1:
-        op, attrs = make(c, spatial)
-        t = _getattr_path(gm, other.target)  # a per-channel constant is a stored tensor
-        return op, {**attrs, "dtype": t.dtype, "device": t.device}, ins
-    return "pending", {"make": make}, ins
-
-
-def _classify(node: fx.Node, gm: fx.GraphModule, modules: dict):
-    """IR op, attrs and the fx nodes that are its IR inputs, for one fx node."""
-    first = [node.args[0]] if node.args else []
-    if node.op == "call_module":
-        m = modules[node.target]
-        if isinstance(m, _CONVS):
-            return "conv", lift_conv(m), first
-        for cls, nd in _BNS.items():
-            if isinstance(m, cls):
-                return "bn", lift_bn(m, nd), first
-        if isinstance(m, nn.Identity):
-            return "identity", {}, first
-        make = None
-        if isinstance(m, _PADS) and float(getattr(m, "value", 0.0)) == 0.0:
-            make = _pending_pad(_pad_pairs(m.padding, _ndim_of(m, _PAD_NDIM)))
-        elif isinstance(m, _POOLS):
-            make = _pending_pool(m)
-        attrs = {"same_channels": isinstance(m, _SAME_CHANNELS), "opaque_op": type(m).__name__}
-        if make:
-            attrs["make"] = lambda c, nd, make=make: make(c)
-            return "pending", attrs, first
-        return type(m).__name__, attrs, list(node.all_input_nodes)
-    if node.op == "get_attr":
-        return "constant", {}, []
-    arith = _arith(node, gm)
-    if arith is not None:
-        return arith
-    name = getattr(node.target, "__name__", str(node.target))
-    attrs = {"same_channels": name in _SAME_CHANNELS_FN, "opaque_op": name}
-    if node.target is torch.nn.functional.pad and len(node.args) >= 2:
-        mode = node.kwargs.get("mode", node.args[2] if len(node.args) > 2 else "constant")
-        value = node.kwargs.get("value", node.args[3] if len(node.args) > 3 else None)
-        flat = node.args[1]
-        if mode == "constant" and not value and isinstance(flat, (list, tuple)) \
-                and all(isinstance(p, int) for p in flat):
-            make = _pending_pad(_pad_pairs(flat, len(flat) // 2))
-            if make:
-                attrs["make"] = lambda c, nd, make=make: make(c)
-                return "pending", attrs, first
-    return (name if node.op in ("call_function", "call_method") else node.op), attrs, \
-        list(node.all_input_nodes)
-
-
-#: IR ops whose output has their (first) input's channels (an nn.Identity is lifted as
-#: "identity" and only dropped by a rule, after lifting)
-_PASS_CHANNELS = ("add", "pending", "identity")
-
-
-def _channels_of(node: Node, depth: int = 8):
-    """(channels, spatial rank, the conv or BN they were read off) of ``node``'s output,
-    from nearby convs and BNs, or None."""
-    seen, frontier = set(), [(node, 0)]
-    while frontier:
-        n, d = frontier.pop(0)
-        if id(n) in seen or d > depth:
-            continue
-        seen.add(id(n))
-        k = n.attrs.get("kernel")
-        if n.op == "conv" and k is not None:
-            return k.out_channels, k.ndim, n
-        if n.op == "bn" and n.attrs.get("ndim"):
-            return len(n.attrs["weight"]), n.attrs["ndim"], n
-        if n is node or n.attrs.get("same_channels") or n.op in _PASS_CHANNELS:
-            frontier += [(i, d + 1) for i in n.inputs[:1] if i.op != "constant"]
-        for u in n.users:  # a consumer reading this tensor as its (first) input
-            if u.inputs and u.inputs[0] is n:
-                ku = u.attrs.get("kernel")
-                if u.op == "conv" and ku is not None:
-                    return ku.in_channels, ku.ndim, u
-                if u.op == "bn" and u.attrs.get("ndim"):
-                    return len(u.attrs["weight"]), u.attrs["ndim"], u
-                if u.attrs.get("same_channels") or u.op in _PASS_CHANNELS:
-                    frontier.append((u, d + 1))
-    return None
-
-
-def lift(gm: fx.GraphModule) -> Graph:
-    """The IR of ``gm``'s graph; every node keeps its fx node as ``origin``.
-
-    Zero pads, average pools and elementwise ops with a scalar become kernels
-    once their channel count is read off a nearby conv or BatchNorm; without
-    one they stay opaque.
-    """
-    modules = dict(gm.named_modules())
-    graph = Graph()
-    ir_of: dict[fx.Node, Node] = {}
-    for node in gm.graph.nodes:
-        op, attrs, fx_inputs = _classify(node, gm, modules)
-        attrs["fx_inputs"] = fx_inputs
-        name = node.target if node.op == "call_module" else node.name
-        ir_of[node] = graph.add(op, [ir_of[i] for i in fx_inputs], attrs, name, origin=node)
-    for n in graph.nodes:
-        if n.op == "pending":
-            _resolve(n)
-    return graph
-
-
-def _resolve(node: Node) -> None:
-    found = _channels_of(node)
-    make = node.attrs.pop("make")
-    if found is None:
-        node.op = node.attrs.get("opaque_op", "pending")
-        return
-    channels, ndim, near = found
-    op, attrs = make(channels, ndim)
-    node.op = op
-    node.attrs.update(attrs)
-    # a pad, pool or scalar has no parameters of its own: what a rewrite builds from it
-    # takes the dtype and device of the layer its channels were read off
-    for key in ("dtype", "device"):
-        if key not in node.attrs and key in near.attrs:
-            node.attrs[key] = near.attrs[key]
+def lift(gm: fx.GraphModule, types: Types, effects: Effects) -> Graph:
+    """The typed IR of ``gm``'s graph; every node keeps its fx node as ``origin``."""
+    return _Lifter(gm, types, effects).lift()

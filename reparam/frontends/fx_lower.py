@@ -13,7 +13,6 @@ call per level (at batch 1 those cost a small network 3-5% of its latency).
 """
 from __future__ import annotations
 
-import copy
 import operator
 
 import numpy as np
@@ -22,12 +21,15 @@ from torch import fx, nn
 
 from ..ir import Graph, Node
 from ..kernel import Conv
-from .fx_lift import _CONVS
+from .fx_lift import CONV_NDIM
+
+_CONV_CLASS = {nd: cls for cls, nd in CONV_NDIM.items()}
 
 
-def conv_module(conv: Conv, dtype, device) -> nn.Module:
-    """A ``nn.ConvNd`` computing ``conv`` (symmetric padding; see :func:`lower`)."""
-    m = _CONVS[conv.ndim - 1](  # built on the meta device: no memory, no random init
+def conv_module(conv: Conv, dtype: str, device: str | None) -> nn.Module:
+    """A ``nn.ConvNd`` computing ``conv`` (symmetric padding; see :func:`lower`), its
+    parameters of the dtype named ``dtype`` on ``device``."""
+    m = _CONV_CLASS[conv.ndim](  # built on the meta device: no memory, no random init
         conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
         tuple(b for b, _ in conv.pads), conv.dilation, conv.groups, bias=True, device="meta")
     m.weight = nn.Parameter(_tensor(conv.weight, dtype, device))
@@ -35,13 +37,15 @@ def conv_module(conv: Conv, dtype, device) -> nn.Module:
     return m
 
 
-def _tensor(a: np.ndarray, dtype: torch.dtype, device) -> torch.Tensor:
+_NP_DTYPES = {"float32": np.float32, "float16": np.float16, "float64": np.float64}
+
+
+def _tensor(a: np.ndarray, dtype: str, device: str | None) -> torch.Tensor:
     """float64 ``a`` as a tensor of ``dtype`` (rounded by numpy where it can)."""
-    np_dtype = {torch.float32: np.float32, torch.float16: np.float16, torch.float64: np.float64}
-    if dtype in np_dtype:
-        t = torch.from_numpy(np.ascontiguousarray(a, dtype=np_dtype[dtype]))
+    if dtype in _NP_DTYPES:
+        t = torch.from_numpy(np.ascontiguousarray(a, dtype=_NP_DTYPES[dtype]))
     else:
-        t = torch.from_numpy(np.ascontiguousarray(a)).to(dtype)
+        t = torch.from_numpy(np.ascontiguousarray(a)).to(getattr(torch, dtype))
     return t if device is None or torch.device(device).type == "cpu" else t.to(device)
 
 
@@ -69,38 +73,38 @@ def _flat_names(targets) -> dict[str, str]:
     return names
 
 
-def _copy_targets(source: nn.Module, names: dict[str, str]) -> nn.Module:
-    """A new module holding deep copies of ``source``'s attributes at the dotted paths of
-    ``names``, each under its (top-level) name there.
-
-    One memo serves all copies, so what ``source`` shares stays shared.
-    Submodules, parameters and buffers keep their kind.
-    """
-    root, memo = nn.Module(), {}
+def _collect_targets(source: nn.Module, names: dict[str, str]) -> nn.Module:
+    """A new module holding ``source``'s attributes at the dotted paths of ``names``, each
+    under its (top-level) name there: the very objects (``source`` is the frontend's own
+    copy of the model), so what it shares stays shared. Submodules, parameters and buffers
+    keep their kind."""
+    root = nn.Module()
     for target, name in names.items():
         owner, leaf = _owner(source, target)
-        value = copy.deepcopy(getattr(owner, leaf), memo)
+        value = getattr(owner, leaf)
         if isinstance(value, nn.Module):
             root.add_module(name, value)
         elif leaf in owner._buffers:
             persistent = leaf not in owner._non_persistent_buffers_set
             root.register_buffer(name, value, persistent=persistent)
+        elif leaf in owner._parameters:
+            root.register_parameter(name, value)
         else:
             setattr(root, name, value)
     return root
 
 
 def lower(graph: Graph, source: nn.Module, class_name: str) -> fx.GraphModule:
-    """Build an eval-mode GraphModule from ``graph``.
+    """Build a GraphModule (in eval mode; its submodules keep their own modes) from ``graph``.
 
-    Nodes with an origin are copied from ``source``'s graph, with copies of the
-    modules and attributes they use; new nodes get new modules.
+    Nodes with an origin are copied from ``source``'s graph, with the modules and
+    attributes they use; new nodes get new modules.
     """
     out = fx.Graph()
     value: dict[Node, fx.Node] = {}
     names = _flat_names({n.origin.target for n in graph.nodes
                          if n.origin is not None and n.origin.op in ("call_module", "get_attr")})
-    root, taken = _copy_targets(source, names), set(names.values())
+    root, taken = _collect_targets(source, names), set(names.values())
     for node in graph.nodes:
         if node.origin is not None:
             remap = dict(zip(node.attrs["fx_inputs"], (value[i] for i in node.inputs)))
@@ -127,15 +131,15 @@ def lower(graph: Graph, source: nn.Module, class_name: str) -> fx.GraphModule:
             raise NotImplementedError(f"cannot lower new node {node}")
     out.lint()
     gm = fx.GraphModule(root, out, class_name=class_name)
-    return gm.eval()
+    gm.training = False  # not .eval(): a module the frontend kept in training mode stays so
+    return gm
 
 
 def _emit_conv(out: fx.Graph, node: Node, x: fx.Node, root: nn.Module, taken: set) -> fx.Node:
     conv: Conv = node.attrs["kernel"]
     name = _free_name(node.name.replace(".", "_"), taken)
     taken.add(name)
-    like = node.attrs.get("dtype") or torch.float32
-    device = node.attrs.get("device")
+    like, device = node.type.dtype, node.type.device
     if any(b != e for b, e in conv.pads):  # asymmetric: explicit pad, then a conv without
         flat = [p for b, e in reversed(conv.pads) for p in (b, e)]
         x = out.call_function(torch.nn.functional.pad, (x, flat))

@@ -45,7 +45,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from .. import kernel
 from ..errors import BadInputError
-from ..ir import Graph, Node
+from ..ir import OPAQUE, Graph, Node, TensorType
 from ..kernel import Conv, Refusal
 from . import onnx_file
 from .onnx_check import _check_bn_params, _first_line
@@ -324,6 +324,18 @@ class _Lifter:
         d = self.dims(name)
         return d[1] if d is not None and len(d) >= 3 and isinstance(d[1], int) and d[1] > 0 else None
 
+    def ir_type(self, name) -> TensorType | None:
+        """The IR type of tensor ``name`` (a dim_param or unknown size is dynamic)."""
+        elem, dims = self.types.get(name, (0, None))
+        try:
+            dtype = helper.tensor_dtype_to_np_dtype(elem).name if elem else None
+        except Exception:  # e.g. bfloat16 or float8, which numpy has no dtype for
+            dtype = {TensorProto.BFLOAT16: "bfloat16"}.get(elem, f"onnx:{elem}")
+        if dtype is None:
+            return None
+        shape = None if dims is None else tuple(d if isinstance(d, int) else None for d in dims)
+        return TensorType(dtype, shape)
+
     def const(self, name):
         return self.consts.get(name) if name else None
 
@@ -384,7 +396,7 @@ class _Lifter:
             conv = Conv(np.array(wv, dtype=np.float64, copy=True), bias, stride, pads, dil, group)
         except ValueError as e:
             raise BadInputError(f"Conv {node.name!r}: {e}") from e
-        return "conv", {"kernel": conv, "dtype": np.dtype(dtype)}, (0,)
+        return "conv", {"kernel": conv}, (0,)
 
     def _pads(self, node, a, nd, ks, stride, dil, x):
         auto = a.get("auto_pad", "NOTSET") or "NOTSET"
@@ -421,27 +433,22 @@ class _Lifter:
         x = node.input[0]
         attrs = {"eps": float(gnode.attrs.get("epsilon", 1e-5))}
         dtype = self._float_dtype(x)
-        if dtype is not None:
-            attrs["dtype"] = np.dtype(dtype)
         params = [self.const(n) for n in node.input[1:5]]
         if len(params) == 4 and all(p is not None for p in params):
             _check_bn_params(label, params)
-        dims = self.dims(x)
         if len(node.input) < 5 or any(p is None for p in params):
-            attrs["refuse"] = "BatchNormalization parameters are not constants"
+            attrs["refuse"] = Refusal("stats", "BatchNormalization parameters are not constants")
         elif gnode.attrs.get("spatial", 1) == 0:
-            attrs["refuse"] = "BatchNormalization with spatial=0 normalises every position separately"
+            attrs["refuse"] = Refusal("unsupported", "BatchNormalization with spatial=0 "
+                                                     "normalises every position separately")
         elif dtype is None:
-            attrs["refuse"] = "BatchNormalization is not floating-point"
-        elif dims is None or len(dims) < 3:
-            attrs["refuse"] = ("input rank is unknown" if dims is None
-                               else "input has no spatial dimensions")
+            attrs["refuse"] = Refusal("dtype", "BatchNormalization is not floating-point")
         else:
             c = {np.asarray(p).size for p in params}
             if len(c) != 1:
-                attrs["refuse"] = "BatchNormalization parameters have different sizes"
+                attrs["refuse"] = Refusal("stats", "BatchNormalization parameters have "
+                                                   "different sizes")
             else:
-                attrs["ndim"] = len(dims) - 2
                 for key, p in zip(("weight", "bias", "mean", "var"), params):
                     attrs[key] = np.array(p, dtype=np.float64).reshape(-1)
         return "bn", attrs, (0,)
@@ -458,7 +465,7 @@ class _Lifter:
             return None
         if not all(_same_shape(self.dims(i), self.dims(ins[0])) for i in ins[1:]):
             return None
-        return "add", {"dtype": np.dtype(dtype)}, tuple(range(len(ins)))
+        return "add", {}, tuple(range(len(ins)))
 
     def _add(self, gnode, node, computed):
         lifted = self._sum(gnode, node, computed)
@@ -493,10 +500,13 @@ class _Lifter:
         one, zero = np.ones(chans), np.zeros(chans)
         if node.op_type == "Div" and np.any(v == 0):
             return None
-        weight, bias = {"Mul": (v, zero), "Add": (one, v), "Div": (1.0 / v, zero),
-                        "Sub": (one, -v) if slot == 0 else (-one, v)}[node.op_type]
+        if node.op_type == "Div":
+            weight, bias = 1.0 / v, zero
+        else:
+            weight, bias = {"Mul": (v, zero), "Add": (one, v),
+                            "Sub": (one, -v) if slot == 0 else (-one, v)}[node.op_type]
         return "bn", {"mean": zero, "var": one, "eps": 0.0, "weight": weight, "bias": bias,
-                      "ndim": len(dims) - 2, "dtype": np.dtype(dtype), "affine": node.op_type}, (slot,)
+                      "affine": node.op_type}, (slot,)
 
     def _pad(self, gnode, node, computed):
         x = node.input[0]
@@ -528,7 +538,7 @@ class _Lifter:
         if full[0] != (0, 0) or full[1] != (0, 0) or min(min(p) for p in full) < 0:
             return None
         conv = kernel.identity(chans, ndim=r - 2).replace(pads=tuple(full[2:]))
-        return "conv", {"kernel": conv, "dtype": np.dtype(dtype), "pad": True}, (0,)
+        return "conv", {"kernel": conv, "pad": True}, (0,)
 
     def _averagepool(self, gnode, node, computed):
         x = node.input[0]
@@ -550,7 +560,7 @@ class _Lifter:
                               bool(a.get("ceil_mode", 0)))
         if isinstance(conv, Refusal):
             return self._keep(node, conv.reason)
-        return "conv", {"kernel": conv, "dtype": np.dtype(dtype), "pool": True}, (0,)
+        return "conv", {"kernel": conv, "pool": True}, (0,)
 
     # the whole graph ------------------------------------------------------------------
     def lift(self) -> Lifted:
@@ -560,30 +570,36 @@ class _Lifter:
         inits = {t.name for t in g.initializer}
         for i in g.input:
             if i.name not in inits:
-                value_of[i.name] = graph.add("<input>", [], {}, i.name, origin=TensorOrigin(i.name))
+                value_of[i.name] = graph.add(OPAQUE, [], {"label": "<input>"}, i.name,
+                                             origin=TensorOrigin(i.name), type=self.ir_type(i.name))
         for index, (gnode, node) in enumerate(zip(self.gs_graph.nodes, g.node)):
             label = node.name or (node.output[0] if node.output else node.op_type)
             lifted = self.classify(gnode, node, value_of)
             if lifted is None:
-                op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
+                op = OPAQUE
                 slots = tuple(s for s, n in enumerate(node.input) if n in value_of)
                 slots += tuple(n for n in _implicit_inputs(node) if n in value_of)
-                attrs = {}
+                attrs = {"label": node.op_type if node.domain in ("", "ai.onnx")
+                         else f"{node.domain}::{node.op_type}"}
             else:
                 op, attrs, slots = lifted
             names = [node.input[s] if isinstance(s, int) else s for s in slots]
             origin = NodeOrigin(index, tuple(slots))
-            ir = graph.add(op, [value_of[n] for n in names], attrs, label, origin=origin)
+            out_type = self.ir_type(node.output[0]) if len(node.output) == 1 else None
+            ir = graph.add(op, [value_of[n] for n in names], attrs, label, origin=origin,
+                           type=out_type)
             if len(node.output) == 1:
                 if node.output[0]:
                     value_of[node.output[0]] = ir
             else:
                 for k, out in enumerate(node.output):
                     if out:
-                        value_of[out] = graph.add("<output>", [ir], {"index": k}, out,
+                        value_of[out] = graph.add(OPAQUE, [ir], {"label": "<output>", "index": k},
+                                                  out, type=self.ir_type(out),
                                                   origin=TensorOrigin(out))
         names = tuple(o.name for o in g.output if o.name in value_of)
-        sink = graph.add("<graph outputs>", [value_of[n] for n in names], {}, "<graph outputs>",
+        sink = graph.add(OPAQUE, [value_of[n] for n in names], {"label": "<graph outputs>"},
+                         "<graph outputs>",
                          origin=OutputsOrigin(names))
         return Lifted(self.model, graph, sink, self.notes)
 

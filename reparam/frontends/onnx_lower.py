@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import helper
 
 from ..ir import Node
 from ..kernel import Conv
@@ -21,7 +21,6 @@ from .onnx_file import _copy_fields
 from .onnx_lift import (_NP_FLOAT, Lifted, NodeOrigin, OutputsOrigin, TensorOrigin,
                         _implicit_inputs, infer_value_info)
 
-_ONNX_OF_NP = {np.dtype(v): k for k, v in _NP_FLOAT.items()}
 
 
 class _Names:
@@ -107,10 +106,6 @@ def lower(lifted: Lifted, release: bool = False) -> onnx.ModelProto:
     fresh: dict[str, onnx.NodeProto] = {}  # tensor made here -> its producer
     restored: set[str] = set()
 
-    def elem_of(node: Node):
-        dt = node.attrs.get("dtype")
-        return _ONNX_OF_NP.get(np.dtype(dt), TensorProto.FLOAT) if dt is not None else TensorProto.FLOAT
-
     for n in graph.nodes:
         o = n.origin
         if isinstance(o, NodeOrigin):
@@ -133,7 +128,7 @@ def lower(lifted: Lifted, release: bool = False) -> onnx.ModelProto:
             pass
         elif n.op == "conv":
             conv: Conv = n.attrs["kernel"]
-            dt = np.dtype(n.attrs.get("dtype") or np.float32)
+            dt = np.dtype(n.type.dtype)
             name = node_names.fresh(n.name or "conv")
             w, b = tensors.fresh(name + ".weight"), tensors.fresh(name + ".bias")
             inits.append((w, (n, "weight"), dt))
@@ -149,7 +144,7 @@ def lower(lifted: Lifted, release: bool = False) -> onnx.ModelProto:
             value[n] = out
         elif n.op == "add":  # sum(c_i * x_i): Add / Sub, Neg or Mul by a constant otherwise
             base = node_names.fresh(n.name or "add")
-            dt = np.dtype(n.attrs.get("dtype") or np.float32)
+            dt = np.dtype(n.type.dtype)
 
             names = iter([base])  # the first node takes the Add's name, later ones fresh ones
 

@@ -1,0 +1,252 @@
+"""Types for the torch.fx frontend: shape propagation on fake tensors.
+
+:func:`propagate` runs a traced GraphModule node by node on fake tensors
+(``FakeTensorMode``: shapes, dtypes and devices, no data, no compute) and
+returns the :class:`~reparam.ir.TensorType` of every value, as the IR needs
+them. The module's parameters and buffers are swapped for fake copies while it
+runs, so nothing the forward does in place reaches them.
+
+The inputs are the caller's ``example_inputs`` (one run at their shapes) or,
+without them, inputs the frontend can justify from the graph (see
+:func:`justified_inputs`: the layer that first reads each input fixes its rank
+and channels), run at two sizes: a size that differs between the runs is
+dynamic (None) in the type. A model that cannot be run so gets no types, and
+nothing that needs a type is folded (the report says why).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import operator
+from dataclasses import dataclass, field
+
+import torch
+from torch import fx, nn
+
+from ..ir import TensorType
+from .fx_effects import known_class
+
+#: module classes whose call fixes the rank of its input (channels: ``in_channels`` or
+#: ``num_features``)
+_FIXES_RANK = {nn.Conv1d: 3, nn.Conv2d: 4, nn.Conv3d: 5, nn.BatchNorm2d: 4, nn.BatchNorm3d: 5}
+#: module classes and functions that keep the rank and channels of their first input (a
+#: scalar operand at most), through which the justification looks for a layer that fixes them
+_KEEP_MODULES = frozenset({nn.BatchNorm1d, nn.Identity, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.SiLU,
+                           nn.GELU, nn.Hardswish, nn.Sigmoid, nn.Tanh, nn.Dropout, nn.ZeroPad1d,
+                           nn.ZeroPad2d, nn.ZeroPad3d, nn.ConstantPad1d, nn.ConstantPad2d,
+                           nn.ConstantPad3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+                           nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d})
+_KEEP_FUNCTIONS = frozenset({operator.add, operator.sub, operator.mul, operator.truediv,
+                             torch.relu, torch.sigmoid, torch.tanh, torch.nn.functional.relu})
+#: spatial sizes and batch sizes of the justified runs, tried in order: one pair of runs
+#: (so that sizes which vary are told from sizes which do not), else one run
+_RUNS = (((1, 64), (2, 96)), ((1, 224), (2, 256)), ((1, 224),))
+
+
+@dataclass
+class Types:
+    """Per fx node: its type (or None) and the concrete shape of each run."""
+
+    of: dict = field(default_factory=dict)      # fx.Node -> TensorType | None
+    shapes: dict = field(default_factory=dict)  # fx.Node -> tuple of torch.Size (one per run)
+    note: str = ""                              # why there are no types, if there are none
+
+    def get(self, node) -> TensorType | None:
+        return self.of.get(node) if isinstance(node, fx.Node) else None
+
+    def same_shape(self, a: fx.Node, b: fx.Node) -> bool:
+        """Whether ``a`` and ``b`` had one shape in every run (no broadcasting)."""
+        sa, sb = self.shapes.get(a), self.shapes.get(b)
+        return sa is not None and sa == sb
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).rpartition(".")[2]
+
+
+def _type_of(values) -> TensorType | None:
+    """The type of a node's results over the runs (None unless all are plain tensors)."""
+    if not all(isinstance(v, torch.Tensor) for v in values):
+        return None
+    first = values[0]
+    if any(v.dtype != first.dtype or v.dim() != first.dim() for v in values):
+        return None
+    shape = tuple(int(d) if all(int(v.shape[k]) == int(d) for v in values) else None
+                  for k, d in enumerate(first.shape))
+    return TensorType(dtype_name(first.dtype), shape, str(first.device))
+
+
+@contextlib.contextmanager
+def _fake_state(gm: fx.GraphModule, mode):
+    """Every parameter and buffer of ``gm`` replaced by a fake copy for the duration."""
+    saved = []
+    for m in gm.modules():
+        for table in (m._parameters, m._buffers):
+            for name, t in table.items():
+                if t is not None:
+                    saved.append((table, name, t))
+                    table[name] = mode.from_tensor(t)
+    try:
+        yield
+    finally:
+        for table, name, t in saved:
+            table[name] = t
+
+
+class _Recorder(fx.Interpreter):
+    def __init__(self, gm, mode):
+        super().__init__(gm, garbage_collect_values=False)
+        self.mode = mode
+        self.fakes: dict = {}
+
+    def get_attr(self, target, args, kwargs):
+        value = super().get_attr(target, args, kwargs)
+        if isinstance(value, torch.Tensor) and not isinstance(value, torch._subclasses.FakeTensor):
+            value = self.fakes.setdefault(target, self.mode.from_tensor(value))
+        return value
+
+
+@dataclass(frozen=True)
+class _Spec:
+    """A fake input to make: shape, dtype, device."""
+
+    shape: tuple
+    dtype: torch.dtype
+    device: torch.device
+
+
+def _run(gm: fx.GraphModule, inputs) -> dict:
+    """Each node's result on fake ``inputs`` (per placeholder: a tensor, whose fake copy is
+    used, a :class:`_Spec`, or another value passed as it is)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    with mode:
+        fake = [torch.empty(x.shape, dtype=x.dtype, device=x.device) if isinstance(x, _Spec)
+                else x for x in inputs]
+    fake = [mode.from_tensor(x) if isinstance(x, torch.Tensor) and not
+            isinstance(x, torch._subclasses.FakeTensor) else x for x in fake]
+    rec = _Recorder(gm, mode)
+    with _fake_state(gm, mode), mode, torch.no_grad(), _quiet():
+        rec.run(*fake)
+    return rec.env
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Fake-tensor mode logs every op that fails; a failed run is an answer here, not news."""
+    log = logging.getLogger("torch._subclasses.fake_tensor")
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def justified_inputs(gm: fx.GraphModule) -> list | str:
+    """Per placeholder, ``(rank, channels, dtype, device)`` read off the first layer that
+    fixes its shape, or a string saying which input could not be justified."""
+    modules = dict(gm.named_modules())
+    found = []
+    for p in (n for n in gm.graph.nodes if n.op == "placeholder"):
+        if p.args:  # a default (e.g. a concrete argument): run with it
+            found.append(("default", p.args[0]))
+            continue
+        if not p.users:
+            found.append(None)
+            continue
+        frontier, seen, spec = [p], set(), None
+        while frontier and spec is None:
+            n = frontier.pop(0)
+            for u in n.users:
+                if u in seen:
+                    continue
+                seen.add(u)
+                m = modules.get(u.target) if u.op == "call_module" else None
+                if not u.args or u.args[0] is not n:
+                    continue
+                cls = known_class(type(m), _FIXES_RANK.keys() | _KEEP_MODULES) if m is not None \
+                    else None
+                if cls in _FIXES_RANK:
+                    w = next(t for t in (getattr(m, "weight", None), m.running_mean
+                                         if hasattr(m, "running_mean") else None) if t is not None)
+                    channels = m.in_channels if hasattr(m, "in_channels") else m.num_features
+                    spec = (_FIXES_RANK[cls], channels, w.dtype, w.device)
+                    break
+                keeps = cls in _KEEP_MODULES if m is not None else (
+                    u.op == "call_function" and u.target in _KEEP_FUNCTIONS
+                    and all(not isinstance(a, fx.Node) for a in u.args[1:]))
+                if keeps:
+                    frontier.append(u)
+        if spec is None:
+            return (f"the shape of input {p.name!r} cannot be read off the model (no "
+                    "convolution or BatchNorm2d/3d reads it first)")
+        found.append(spec)
+    return found
+
+
+def capture_inputs(model: nn.Module, example_inputs) -> dict:
+    """The inputs (tensors as :class:`_Spec`) each submodule of ``model`` is called with when
+    ``model`` runs on fake ``example_inputs`` (its first two calls), by module path; empty if the model
+    does not run on fake tensors (e.g. control flow on tensor values)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    calls: dict = {}
+    paths = {id(m): p for p, m in model.named_modules() if p}
+
+    def record(m, args):
+        seen = calls.setdefault(paths[id(m)], [])
+        if len(seen) < 2:
+            seen.append([_Spec(tuple(a.shape), a.dtype, a.device) if isinstance(a, torch.Tensor)
+                         else a for a in args])
+
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    handles = [m.register_forward_pre_hook(record) for p, m in model.named_modules() if p]
+    try:
+        fake = [mode.from_tensor(x) if isinstance(x, torch.Tensor) else x for x in example_inputs]
+        with _fake_state(model, mode), mode, torch.no_grad(), _quiet():
+            model(*fake)
+    except Exception:
+        return {}
+    finally:
+        for h in handles:
+            h.remove()
+    return calls
+
+
+def propagate(gm: fx.GraphModule, runs=None) -> Types:
+    """The types of ``gm``'s values (see the module docstring). ``runs``: input lists to
+    run on (tensors, fake ones included); None: justified inputs."""
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    defaults = [p.args[0] if p.args else None for p in placeholders]
+    if runs is not None:
+        candidates = [[list(r) + defaults[len(r):] for r in runs]]
+    else:
+        specs = justified_inputs(gm)
+        if isinstance(specs, str):
+            return Types(note=f"no types: {specs}; pass example_inputs to reparam.fuse")
+        candidates = [[[s if s is None or s[0] == "default" else
+                        _Spec((n, s[1]) + (size,) * (s[0] - 2), s[2], s[3]) for s in specs]
+                       for n, size in sizes] for sizes in _RUNS]
+        candidates = [[[s[1] if isinstance(s, tuple) else s for s in run] for run in c]
+                      for c in candidates]
+    error = None
+    for inputs in candidates:
+        try:
+            envs = [_run(gm, run) for run in inputs]
+        except Exception as e:  # the model does not run at these sizes: try the next
+            error = error or e
+            continue
+        types = Types()
+        for node in gm.graph.nodes:
+            values = [env.get(node) for env in envs]
+            types.of[node] = _type_of(values)
+            if types.of[node] is not None:
+                types.shapes[node] = tuple(tuple(v.shape) for v in values)
+        return types
+    what = "example_inputs" if runs is not None else "inputs of the shapes it reads"
+    text = str(error).strip().splitlines()
+    return Types(note=f"no types: the model did not run on fake {what} "
+                      f"({type(error).__name__}: {text[0] if text else ''}); pass example_inputs "
+                      "to reparam.fuse")
