@@ -493,3 +493,25 @@ def test_every_conv_and_batchnorm_left_has_a_reason():
     text = str(report)
     assert "kept x1 [unsupported], e.g. torch.conv2d conv2d" in text
     assert "kept x1 [alone], e.g. bn bn2" in text
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_functional_batchnorm_in_training_updates_its_statistics(training):
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.norm = nn.Conv2d(6, 6, 3, padding=1), bn(6)
+            self.scale = nn.Conv2d(6, 6, 1)
+
+        def forward(self, x):
+            y = F.batch_norm(self.conv(x), self.norm.running_mean, self.norm.running_var,
+                             training=training)
+            return self.norm(self.scale(y))  # the module reads the statistics F.batch_norm updates
+
+    model = M().double().eval()
+    reference = copy.deepcopy(model)
+    fused, report = reparam.fuse(model, report=True)
+    with torch.no_grad():
+        for _ in range(2):
+            assert rel_err(fused(X), reference(X)) <= TOL
+    assert report.fired["fold_conv_bn"] == (0 if training else 1)

@@ -54,11 +54,10 @@ FRESH_FUNCTIONS = frozenset({
     torch.add, torch.sub, torch.subtract, torch.mul, torch.multiply, torch.div, torch.divide,
     torch.true_divide, torch.neg, torch.matmul, torch.mm, torch.bmm, torch.cat, torch.stack,
     torch.relu, torch.sigmoid, torch.tanh, torch.exp, torch.mean, torch.sum, torch.amax,
-    torch.conv1d, torch.conv2d, torch.conv3d, torch.batch_norm, torch.layer_norm,
+    torch.conv1d, torch.conv2d, torch.conv3d, torch.layer_norm,
     F.relu, F.relu6, F.gelu, F.silu, F.hardswish, F.hardsigmoid, F.sigmoid, F.tanh, F.mish,
     F.leaky_relu, F.elu, F.softmax, F.linear, F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d,
-    F.conv_transpose2d, F.conv_transpose3d, F.batch_norm, F.layer_norm, F.group_norm,
-    F.instance_norm, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.max_pool1d, F.max_pool2d,
+    F.conv_transpose2d, F.conv_transpose3d, F.layer_norm, F.group_norm, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.max_pool1d, F.max_pool2d,
     F.max_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
     F.interpolate, operator.add, operator.sub, operator.mul, operator.truediv, operator.neg,
     operator.matmul})
@@ -110,6 +109,36 @@ def has_hooks(m: nn.Module) -> bool:
     return any(own) or any(shared)
 
 
+#: functions that update running statistics given to them when in training mode:
+#: callable -> (names of the statistics arguments, the mode argument)
+_STATS_UPDATES = {F.batch_norm: (("running_mean", "running_var"), "training"),
+                  torch.batch_norm: (("running_mean", "running_var"), "training"),
+                  F.instance_norm: (("running_mean", "running_var"), "use_input_stats")}
+#: torch.batch_norm is a builtin without a signature: its documented parameters
+_TORCH_BATCH_NORM = inspect.Signature([
+    inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in (
+        "input", "weight", "bias", "running_mean", "running_var", "training", "momentum",
+        "eps", "cudnn_enabled")])
+
+
+def _signature(target) -> inspect.Signature:
+    return _TORCH_BATCH_NORM if target is torch.batch_norm else inspect.signature(target)
+
+
+def _updated_statistics(target, args, kwargs) -> list | None:
+    """The statistics tensors a batch/instance norm call updates in place ([] when it is not
+    in training mode), or None when its arguments do not bind."""
+    names, mode = _STATS_UPDATES[target]
+    try:
+        bound = _signature(target).bind(*args, **kwargs)
+    except TypeError:
+        return None
+    bound.apply_defaults()
+    if bound.arguments.get(mode) is False:
+        return []
+    return [bound.arguments[n] for n in names if isinstance(bound.arguments[n], fx.Node)]
+
+
 def _inplace_argument(target, args, kwargs) -> bool:
     if kwargs.get("inplace") is True:
         return True
@@ -146,6 +175,11 @@ def _call_effects(node: fx.Node, modules: dict, tensors: list):
     if node.op == "call_function":
         if target in _INPLACE_OPERATORS:
             return tensors, first
+        if target in _STATS_UPDATES:  # in training, running statistics are updated in place
+            changed = _updated_statistics(target, node.args, node.kwargs)
+            if changed is None:
+                return tensors, tensors
+            return [], changed
         if target in FRESH_FUNCTIONS and not out and not _inplace_argument(target, node.args,
                                                                             node.kwargs):
             return [], []
