@@ -8,13 +8,16 @@ trace, :func:`fuse_parts` fuses its largest traceable submodules.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+import gc
 import warnings
 
 import torch
 from torch import fx, nn
 
+from .fx_copy import copy_model
 from .fx_effects import analyse
 from .fx_lift import lift
 from .fx_lower import lower
@@ -75,8 +78,28 @@ def _training_batchnorms(model: nn.Module) -> list[str]:
             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
 
 
+@contextlib.contextmanager
+def _gc_paused():
+    """No cyclic garbage collection for the duration: copying and tracing a model makes tens
+    of thousands of objects, and each collection they trigger walks all of them."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def fuse_module(model: nn.Module, rules, example_inputs=None, rtol: float | None = None,
                 leaf_modules=(), concrete_args=None):
+    """Rewrite a deep copy of ``model`` with ``rules``; see :func:`fuse_copy`."""
+    with _gc_paused():
+        return fuse_copy(model, rules, example_inputs, rtol, leaf_modules, concrete_args)
+
+
+def fuse_copy(model: nn.Module, rules, example_inputs=None, rtol: float | None = None,
+              leaf_modules=(), concrete_args=None):
     """Rewrite a deep copy of ``model`` with ``rules``; returns ``(module, Report)``.
 
     The module is a GraphModule when the whole model traces; otherwise the copy
@@ -90,8 +113,8 @@ def fuse_module(model: nn.Module, rules, example_inputs=None, rtol: float | None
     notes = []
     memo: dict = {}
     try:
-        reference = copy.deepcopy(model) if example_inputs is not None else None
-        work = copy.deepcopy(model, memo)
+        reference = copy_model(model) if example_inputs is not None else None
+        work = copy_model(model, memo)
     except Exception as e:
         raise ReparamError(f"cannot copy the model (reparam.fuse never changes the model it is "
                            f"given, so it works on a copy): {_first_line(e)}; e.g. a module "

@@ -24,6 +24,7 @@ place, and there guessing "new" would be unsound.
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import operator
 from dataclasses import dataclass, field
@@ -79,7 +80,8 @@ _HARMLESS = frozenset({"__module__", "__qualname__", "__doc__", "__init__", "__d
                        "extra_repr", "reset_parameters"})
 
 
-def known_class(cls: type, known=KNOWN_MODULES) -> type | None:
+@functools.lru_cache(maxsize=None)
+def known_class(cls: type, known: frozenset = KNOWN_MODULES) -> type | None:
     """The class of ``known`` that ``cls`` computes as: itself, or the base of a subclass
     that defines nothing but :data:`_HARMLESS` attributes (a renamed class); else None."""
     for c in cls.__mro__:
@@ -96,17 +98,17 @@ def is_torch_function(target) -> bool:
     return isinstance(name, str) and any(getattr(ns, name, None) is target for ns in _NAMESPACES)
 
 
+_GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
+                 "_global_backward_pre_hooks")
+
+
 def has_hooks(m: nn.Module) -> bool:
     """Forward or backward hooks on ``m``, or global module hooks (they run on every call)."""
-    from torch.nn.modules import module as mm
-
-    own = (m._forward_hooks, m._forward_pre_hooks, m._backward_hooks,
-           getattr(m, "_backward_pre_hooks", {}))
-    shared = (getattr(mm, name, {}) for name in ("_global_forward_hooks",
-                                                  "_global_forward_pre_hooks",
-                                                  "_global_backward_hooks",
-                                                  "_global_backward_pre_hooks"))
-    return any(own) or any(shared)
+    d = m.__dict__
+    if d.get("_forward_hooks") or d.get("_forward_pre_hooks") or d.get("_backward_hooks") \
+            or d.get("_backward_pre_hooks"):
+        return True
+    return any(getattr(torch.nn.modules.module, name, None) for name in _GLOBAL_HOOKS)
 
 
 #: functions that update running statistics given to them when in training mode:

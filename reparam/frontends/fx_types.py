@@ -22,9 +22,10 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import fx, nn
+import torch.nn.functional as F
 
 from ..ir import TensorType
-from .fx_effects import known_class
+from .fx_effects import has_hooks, known_class
 
 #: module classes whose call fixes the rank of its input (channels: ``in_channels`` or
 #: ``num_features``)
@@ -36,6 +37,7 @@ _KEEP_MODULES = frozenset({nn.BatchNorm1d, nn.Identity, nn.ReLU, nn.ReLU6, nn.Le
                            nn.ZeroPad2d, nn.ZeroPad3d, nn.ConstantPad1d, nn.ConstantPad2d,
                            nn.ConstantPad3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
                            nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d})
+_JUSTIFYING = frozenset(_FIXES_RANK) | _KEEP_MODULES
 _KEEP_FUNCTIONS = frozenset({operator.add, operator.sub, operator.mul, operator.truediv,
                              torch.relu, torch.sigmoid, torch.tanh, torch.nn.functional.relu})
 #: spatial sizes and batch sizes of the justified runs, tried in order: one pair of runs
@@ -64,8 +66,9 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).rpartition(".")[2]
 
 
-def _type_of(values) -> TensorType | None:
-    """The type of a node's results over the runs (None unless all are plain tensors)."""
+def _type_of(values, device: str | None) -> TensorType | None:
+    """The type of a node's results over the runs (None unless all are plain tensors);
+    ``device``: the device of every value, where the runs were on the meta device."""
     if not all(isinstance(v, torch.Tensor) for v in values):
         return None
     first = values[0]
@@ -73,63 +76,175 @@ def _type_of(values) -> TensorType | None:
         return None
     shape = tuple(int(d) if all(int(v.shape[k]) == int(d) for v in values) else None
                   for k, d in enumerate(first.shape))
-    return TensorType(dtype_name(first.dtype), shape, str(first.device))
+    return TensorType(dtype_name(first.dtype), shape, device or str(first.device))
 
 
 @contextlib.contextmanager
-def _fake_state(gm: fx.GraphModule, mode):
-    """Every parameter and buffer of ``gm`` replaced by a fake copy for the duration."""
+def _swapped_state(gm: fx.GraphModule, convert):
+    """Every parameter and buffer of ``gm`` replaced by ``convert(tensor)`` for the duration."""
     saved = []
-    for m in gm.modules():
-        for table in (m._parameters, m._buffers):
-            for name, t in table.items():
-                if t is not None:
-                    saved.append((table, name, t))
-                    table[name] = mode.from_tensor(t)
     try:
+        for m in gm.modules():
+            for table in (m._parameters, m._buffers):
+                for name, t in table.items():
+                    if t is not None:
+                        saved.append((table, name, t))
+                        table[name] = convert(t)
         yield
     finally:
         for table, name, t in saved:
             table[name] = t
 
 
+def _conv_output(m: nn.Module, x: torch.Tensor):
+    """The (empty) output of conv module ``m`` on a batch ``x``, by torch's size formula;
+    None where the module itself should say (anything unusual)."""
+    nd = len(m.kernel_size)
+    if x.dim() != nd + 2 or x.shape[1] != m.in_channels or m.weight.dtype != x.dtype:
+        return None
+    sizes = []
+    for k, length in enumerate(x.shape[2:]):
+        if m.padding == "same":
+            sizes.append(length)
+            continue
+        pad = 0 if m.padding == "valid" else m.padding[k]
+        out = (length + 2 * pad - m.dilation[k] * (m.kernel_size[k] - 1) - 1) // m.stride[k] + 1
+        if out < 1:
+            return None
+        sizes.append(out)
+    return x.new_empty((x.shape[0], m.out_channels, *sizes))
+
+
+#: module classes whose output is a new tensor of their input's type (in eval mode, for
+#: BatchNorm), and conv classes, whose output type a formula gives: neither needs running
+_SAME_TYPE = frozenset({nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
+                        nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid,
+                        nn.Sigmoid, nn.Tanh, nn.LeakyReLU, nn.Mish, nn.ELU})
+_CONVS = frozenset(_FIXES_RANK) - {nn.BatchNorm2d, nn.BatchNorm3d}
+_RULED = _SAME_TYPE | _CONVS
+
+
+#: elementwise functions of one tensor whose result has its type (other arguments are numbers
+#: or flags), for a floating-point tensor
+_UNARY = frozenset({torch.relu, torch.sigmoid, torch.tanh, F.relu, F.relu6, F.gelu, F.silu,
+                    F.hardswish, F.hardsigmoid, F.sigmoid, F.tanh, F.mish, F.leaky_relu, F.elu})
+#: elementwise arithmetic of two operands, without keywords: broadcast shape, promoted dtype
+_BINARY = frozenset({operator.add, operator.sub, operator.mul, operator.truediv, torch.add,
+                     torch.sub, torch.mul, torch.div})
+
+
+def _elementwise_output(target, args, kwargs):
+    """The (empty) result of an elementwise call by torch's broadcasting and promotion rules;
+    None where the call itself should say."""
+    if target in _UNARY:
+        x = args[0] if args else None
+        if isinstance(x, torch.Tensor) and x.is_floating_point() and not any(
+                isinstance(a, torch.Tensor) for a in list(args[1:]) + list(kwargs.values())):
+            return x.new_empty(x.shape)
+        return None
+    if target not in _BINARY or kwargs or len(args) != 2:
+        return None
+    a, b = args
+    tensors = [v for v in (a, b) if isinstance(v, torch.Tensor)]
+    if not tensors or any(not isinstance(v, (torch.Tensor, int, float)) or isinstance(v, bool)
+                          for v in (a, b)):
+        return None
+    dtype = torch.result_type(a, b)
+    if not dtype.is_floating_point or any(t.device != tensors[0].device for t in tensors):
+        return None
+    try:
+        shape = torch.broadcast_shapes(*(t.shape for t in tensors))
+    except RuntimeError:
+        return None
+    return tensors[0].new_empty(shape, dtype=dtype)
+
+
 class _Recorder(fx.Interpreter):
-    def __init__(self, gm, mode):
+    def __init__(self, gm, convert):
         super().__init__(gm, garbage_collect_values=False)
-        self.mode = mode
-        self.fakes: dict = {}
+        self.convert = convert
+        self.converted: dict = {}
+
+    def call_module(self, target, args, kwargs):
+        m = self.fetch_attr(target)
+        x = args[0] if len(args) == 1 and not kwargs else None
+        cls = known_class(type(m), _RULED)
+        if isinstance(x, torch.Tensor) and cls is not None and not has_hooks(m) \
+                and "forward" not in m.__dict__:
+            if cls in _CONVS:
+                out = _conv_output(m, x)
+                if out is not None:
+                    return out
+            elif x.dim() >= 2 and x.is_floating_point() and not getattr(m, "training", False):
+                return x.new_empty(x.shape)
+        return super().call_module(target, args, kwargs)
+
+    def call_function(self, target, args, kwargs):
+        out = _elementwise_output(target, args, kwargs)
+        return out if out is not None else super().call_function(target, args, kwargs)
 
     def get_attr(self, target, args, kwargs):
         value = super().get_attr(target, args, kwargs)
-        if isinstance(value, torch.Tensor) and not isinstance(value, torch._subclasses.FakeTensor):
-            value = self.fakes.setdefault(target, self.mode.from_tensor(value))
-        return value
+        if isinstance(value, torch.Tensor) and target not in self.converted:
+            self.converted[target] = self.convert(value)
+        return self.converted.get(target, value)
 
 
 @dataclass(frozen=True)
 class _Spec:
-    """A fake input to make: shape, dtype, device."""
+    """An input to make: shape, dtype, device."""
 
     shape: tuple
     dtype: torch.dtype
     device: torch.device
 
 
-def _run(gm: fx.GraphModule, inputs) -> dict:
-    """Each node's result on fake ``inputs`` (per placeholder: a tensor, whose fake copy is
-    used, a :class:`_Spec`, or another value passed as it is)."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
+def _devices(gm: fx.GraphModule, inputs) -> set:
+    found = {str(t.device) for t in list(gm.parameters()) + list(gm.buffers())}
+    return found | {str(x.device) for x in inputs if isinstance(x, (torch.Tensor, _Spec))}
 
-    mode = FakeTensorMode(allow_non_fake_inputs=True)
-    with mode:
-        fake = [torch.empty(x.shape, dtype=x.dtype, device=x.device) if isinstance(x, _Spec)
-                else x for x in inputs]
-    fake = [mode.from_tensor(x) if isinstance(x, torch.Tensor) and not
-            isinstance(x, torch._subclasses.FakeTensor) else x for x in fake]
-    rec = _Recorder(gm, mode)
-    with _fake_state(gm, mode), mode, torch.no_grad(), _quiet():
-        rec.run(*fake)
+
+def _run(gm: fx.GraphModule, inputs, on_meta: bool) -> dict:
+    """Each node's result without data (per placeholder input: a tensor, whose shape, dtype
+    and device are used, a :class:`_Spec`, or another value passed as it is): on the meta
+    device (cheapest), or on fake tensors, which also model devices and what meta tensors
+    cannot run (tensors made inside the forward, for instance)."""
+    if on_meta:
+        def convert(t):
+            return torch.empty_like(t, device="meta")
+
+        def make(x):
+            return torch.empty(x.shape, dtype=x.dtype, device="meta")
+        mode = contextlib.nullcontext()
+    else:
+        from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+
+        mode = FakeTensorMode(allow_non_fake_inputs=True)
+
+        def convert(t):
+            return t if isinstance(t, FakeTensor) else mode.from_tensor(t)
+
+        def make(x):
+            with mode:
+                return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    args = [make(x) if isinstance(x, _Spec) else convert(x) if isinstance(x, torch.Tensor) else x
+            for x in inputs]
+    rec = _Recorder(gm, convert)
+    with _swapped_state(gm, convert), mode, torch.no_grad(), _quiet():
+        rec.run(*args)
     return rec.env
+
+
+def _run_all(gm: fx.GraphModule, runs) -> tuple[list, str | None]:
+    """The environments of ``runs`` and the one device of every value if the meta device
+    ran them (None if fake tensors did)."""
+    devices = set().union(*(_devices(gm, r) for r in runs))
+    if len(devices) == 1:
+        try:
+            return [_run(gm, r, on_meta=True) for r in runs], devices.pop()
+        except Exception:  # e.g. a tensor made on the CPU inside the forward: try fake ones
+            pass
+    return [_run(gm, r, on_meta=False) for r in runs], None
 
 
 @contextlib.contextmanager
@@ -166,8 +281,7 @@ def justified_inputs(gm: fx.GraphModule) -> list | str:
                 m = modules.get(u.target) if u.op == "call_module" else None
                 if not u.args or u.args[0] is not n:
                     continue
-                cls = known_class(type(m), _FIXES_RANK.keys() | _KEEP_MODULES) if m is not None \
-                    else None
+                cls = known_class(type(m), _JUSTIFYING) if m is not None else None
                 if cls in _FIXES_RANK:
                     w = next(t for t in (getattr(m, "weight", None), m.running_mean
                                          if hasattr(m, "running_mean") else None) if t is not None)
@@ -205,7 +319,7 @@ def capture_inputs(model: nn.Module, example_inputs) -> dict:
     handles = [m.register_forward_pre_hook(record) for p, m in model.named_modules() if p]
     try:
         fake = [mode.from_tensor(x) if isinstance(x, torch.Tensor) else x for x in example_inputs]
-        with _fake_state(model, mode), mode, torch.no_grad(), _quiet():
+        with _swapped_state(model, mode.from_tensor), mode, torch.no_grad(), _quiet():
             model(*fake)
     except Exception:
         return {}
@@ -234,14 +348,14 @@ def propagate(gm: fx.GraphModule, runs=None) -> Types:
     error = None
     for inputs in candidates:
         try:
-            envs = [_run(gm, run) for run in inputs]
+            envs, device = _run_all(gm, inputs)
         except Exception as e:  # the model does not run at these sizes: try the next
             error = error or e
             continue
         types = Types()
         for node in gm.graph.nodes:
             values = [env.get(node) for env in envs]
-            types.of[node] = _type_of(values)
+            types.of[node] = _type_of(values, device)
             if types.of[node] is not None:
                 types.shapes[node] = tuple(tuple(v.shape) for v in values)
         return types
