@@ -26,15 +26,15 @@ def bn_branch_to_conv(graph, bn):
     more conv branch. Not a candidate when BN follows a conv it can fold into.
     """
     source = bn.inputs[0]
-    if source.op == "conv" and len(source.users) == 1:
+    if source.op == "conv" and len(source.data_users) == 1:
         return None
-    if len(bn.users) != 1 or bn.users[0].op != "add":
+    if len(bn.data_users) != 1 or bn.data_users[0].op != "add":
         return None
-    siblings = [n for n in add_leaves(add_root(bn.users[0])) if n is not bn]
+    siblings = [n for n in add_leaves(add_root(bn.data_users[0])) if n is not bn]
     if not any(_reads(n, source) for n in siblings):
         return None
     scale = bn_kernel(bn)
     if not scale:
         return scale
-    graph.replace(bn, new_conv(graph, source, scale, bn, before=bn, readers=[bn], type=bn.type))
+    graph.replace(bn, new_conv(graph, source, scale, bn, readers=[bn], type=bn.type))
     return True

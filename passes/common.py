@@ -28,10 +28,7 @@ def bn_kernel(node: Node, ndim: int | None = None) -> Conv | Refusal:
     spatial = t.spatial_rank if t is not None else None
     if spatial is None:
         return Refusal("type", f"{node.name}: the rank of the BatchNorm input is unknown")
-    if spatial == 0:
-        return Refusal("rank", f"{node.name}: normalises a {t.rank}-d input without spatial "
-                               "dimensions, which is no convolution")
-    if ndim and ndim != spatial:
+    if ndim is not None and ndim != spatial:
         return Refusal("rank", f"{node.name}: normalises a {spatial}-d input, not {ndim}-d")
     stats = [a["mean"], a["var"], a["weight"], a["bias"]]
     if not all(np.isfinite(s).all() for s in stats):
@@ -43,12 +40,12 @@ def bn_kernel(node: Node, ndim: int | None = None) -> Conv | Refusal:
 
 def other_users(node: Node, user: Node) -> list[str]:
     """Names of nodes other than ``user`` that read ``node``."""
-    return sorted({u.name for u in node.users if u is not user})
+    return sorted({u.name for u in node.data_users if u is not user})
 
 
 def is_inner_add(node: Node) -> bool:
     """An Add whose only use is one operand of another Add: part of a bigger tree."""
-    return len(node.users) == 1 and node.users[0].op == "add"
+    return len(node.users) == 1 and node.users[0].op == "add"  # (a meta read makes it a root)
 
 
 def add_coeffs(node: Node) -> tuple[float, ...]:
@@ -124,26 +121,43 @@ def _abs_max(a: np.ndarray):
     return np.max([np.abs(a.max()), np.abs(a.min())])
 
 
-def new_conv(graph: Graph, source: Node, conv: Conv, like: Node, before: Node,
-             readers: list[Node], type: TensorType | None) -> Node:
-    """Insert a conv node reading ``source`` right before ``before``, named after ``like``,
-    computing a value of ``type`` (that of the value it replaces).
+def new_conv(graph: Graph, source: Node, conv: Conv, like: Node, readers: list[Node],
+             type: TensorType | None, folded=()) -> Node:
+    """Insert a conv node reading ``source``, named after ``like``, computing a value of
+    ``type`` (that of the value it replaces), right before the first of ``readers``.
 
-    ``readers`` are the nodes whose reads of ``source`` the new conv stands for.
+    ``readers`` are the nodes whose reads of ``source`` the new conv stands for;
+    ``folded`` the ``(node, same_shape)`` the fold removes besides the one it
+    replaces: their metadata reads move to the new conv (``same_shape``: that
+    node's output has the new conv's shape, so a read of its shape may move too).
     Raises :class:`~reparam.rewrite.RefuseFold` (before touching the graph) when
     something may change ``source`` in place between those reads and the new one,
-    or when a folded weight or bias would overflow the dtype: Inf is never written.
+    when a metadata read of a folded node cannot move, or when a folded weight or
+    bias would overflow the dtype: Inf is never written.
     """
-    start = min(r.pos for r in readers)
-    mutator = graph.mutation_between(source, start, before.pos)
+    first, last = min(readers, key=lambda r: r.pos), max(readers, key=lambda r: r.pos)
+    mutator = graph.mutation_between(source, first.pos, last.pos)
     if mutator is not None:
         raise RefuseFold(Refusal("effects", f"{mutator} may change {source.name} in place "
-                                            f"between its reads by {readers[0].name} and "
-                                            f"{before.name}"))
+                                            f"between its reads by {first.name} and "
+                                            f"{last.name}"))
+    if conv.ndim == 0 and conv.groups != 1 and not conv.groups == conv.in_channels == \
+            conv.out_channels:
+        raise RefuseFold(Refusal("unsupported", f"{like.name}: a grouped linear layer (only "
+                                                "dense and per-channel ones are built)"))
+    for node, same_shape in folded:
+        blocker = graph.meta_blocker(node, type, same_shape)
+        if blocker is not None:
+            raise RefuseFold(Refusal("shared", f"{blocker.name} reads the metadata of "
+                                               f"{node.name}, which the folded conv does not have"))
     dtype = type.dtype if type is not None else None
     limit = DTYPE_MAX.get(dtype)
     largest = max(_abs_max(conv.weight), _abs_max(conv.bias))
     if limit is not None and not largest <= limit:  # also catches NaN
         raise RefuseFold(Refusal("overflow", f"folded weights of {like.name} overflow {dtype} "
                                              f"(largest magnitude {largest:.3g})", warn=True))
-    return graph.add("conv", [source], {"kernel": conv}, name=like.name, before=before, type=type)
+    new = graph.add("conv", [source], {"kernel": conv}, name=like.name,
+                    before=graph.earliest(readers), type=type)
+    for node, _ in folded:
+        graph.move_meta(node, new)
+    return new

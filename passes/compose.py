@@ -26,7 +26,7 @@ def compose_convs(graph, second):
     3x3: refused for cost).
     """
     first = second.inputs[0]
-    if first.op not in ("conv", "bn") or len(first.users) != 1:
+    if first.op not in ("conv", "bn") or len(first.data_users) != 1:
         return None
     b = conv_kernel(second)
     if not b:
@@ -44,6 +44,6 @@ def compose_convs(graph, second):
     composed = kernel.compose(a, b)
     if not composed:
         return composed
-    graph.replace(second, new_conv(graph, first.inputs[0], composed, second, before=second,
-                                   readers=[first], type=second.type))
+    graph.replace(second, new_conv(graph, first.inputs[0], composed, second,
+                                   readers=[first], type=second.type, folded=[(first, False)]))
     return True

@@ -27,10 +27,10 @@ def fold_conv_bn(graph, bn):
     scale = bn_kernel(bn, k.ndim)
     if not scale:
         return scale
-    if len(conv.users) > 1:
+    if len(conv.data_users) > 1:
         return Refusal("shared", f"conv {conv.name} output is also read by "
                                  f"{', '.join(other_users(conv, bn))}")
     folded = kernel.compose(k, scale)
-    graph.replace(bn, new_conv(graph, conv.inputs[0], folded, conv, before=bn, readers=[conv],
-                               type=bn.type))
+    graph.replace(bn, new_conv(graph, conv.inputs[0], folded, conv, readers=[conv],
+                               type=bn.type, folded=[(conv, True)]))
     return True

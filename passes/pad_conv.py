@@ -18,7 +18,7 @@ def absorb_zero_pad(graph, conv):
     zeros in general; for a pure zero pad it is.
     """
     first = conv.inputs[0]
-    if first.op != "conv" or len(first.users) != 1:
+    if first.op != "conv" or len(first.data_users) != 1:
         return None
     a = conv_kernel(first)
     if not a or not is_zero_pad(a):
@@ -31,6 +31,6 @@ def absorb_zero_pad(graph, conv):
     if a.ndim != b.ndim or a.out_channels != b.in_channels:
         return None
     pads = tuple((pb + qb, pe + qe) for (pb, pe), (qb, qe) in zip(a.pads, b.pads))
-    graph.replace(conv, new_conv(graph, first.inputs[0], b.replace(pads=pads), conv, before=conv,
-                                 readers=[first], type=conv.type))
+    graph.replace(conv, new_conv(graph, first.inputs[0], b.replace(pads=pads), conv,
+                                 readers=[first], type=conv.type, folded=[(first, False)]))
     return True

@@ -37,7 +37,7 @@ def conv_chain(leaf: Node) -> Branch | Refusal:
     if not k:
         return k
     cost, source, chain = kernel_cost(k), leaf.inputs[0], [leaf]
-    while source.op == "conv" and len(source.users) == 1:
+    while source.op == "conv" and len(source.data_users) == 1:
         a = conv_kernel(source)
         composed = kernel.compose(a, k) if a else a
         if not composed:
@@ -88,7 +88,7 @@ def _merge(branches, root) -> Conv | Refusal:
     for b in branches:
         if not b:
             return b
-        if b.kernel is not None and len(b.leaf.users) > 1:
+        if b.kernel is not None and len(b.leaf.data_users) > 1:
             return Refusal("shared", f"branch {b.leaf.name} output is also read by "
                                      f"{', '.join(other_users(b.leaf, root))}")
     convs = [b.kernel for b in branches if b.kernel is not None]
@@ -131,8 +131,9 @@ def merge_parallel_branches(graph, add):
         members = {id(b.leaf) for b in branches}
         main = max((b for b in branches if b.kernel is not None), key=lambda b: b.cost.macs).leaf
         readers = [n for b in branches for n in b.chain] + [add]
-        rest = [(new_conv(graph, source, merged, main, before=add, readers=readers,
-                          type=main.type), 1.0)]
+        folded = [(n, n is b.leaf) for b in branches for n in b.chain]
+        rest = [(new_conv(graph, source, merged, main, readers=readers,
+                          type=main.type, folded=folded), 1.0)]
         rest += [t for t in terms if id(t[0]) not in members]
         if len(rest) == 1:
             graph.replace(add, rest[0][0])

@@ -27,6 +27,10 @@ Ops the passes understand (``PURE_OPS``; they have no side effects):
               attr ``coeffs``, all 1 when absent).
 ``identity``  returns its input (the same tensor).
 ``constant``  a stored tensor read by the node it feeds.
+``meta``      reads metadata of its input, not its data: attr ``reads`` is ``"rank"``
+              (rank, dtype, device) or ``"shape"``. It is no data use: a fold may
+              make it read the value replacing its input, of the same type
+              (:meth:`Graph.move_meta`).
 
 Everything else is ``opaque`` (attr ``label`` names it, e.g. ``Relu`` or
 ``torch.relu_``): never changed, moved or removed, since it may have side
@@ -47,8 +51,9 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 
-PURE_OPS = frozenset({"conv", "bn", "add", "identity", "constant"})
+PURE_OPS = frozenset({"conv", "bn", "add", "identity", "constant", "meta"})
 OPAQUE = "opaque"
+META = "meta"
 
 #: the dtypes whose values the passes may fold (real floating point)
 FLOAT_DTYPES = frozenset({"float16", "bfloat16", "float32", "float64"})
@@ -92,7 +97,7 @@ class TensorType:
 
 class Node:
     __slots__ = ("op", "inputs", "attrs", "name", "origin", "users", "alive", "type", "pos",
-                 "prev", "next", "alias")
+                 "order", "prev", "next", "alias")
 
     def __init__(self, op: str, inputs: Iterable["Node"], attrs: dict | None = None,
                  name: str = "", origin: Any = None, type: TensorType | None = None):
@@ -105,9 +110,15 @@ class Node:
         self.users: list[Node] = []  # one entry per use
         self.alive = True
         self.pos = 0
+        self.order = 0.0  # increases along the list (see Graph.add)
         self.prev: Node | None = None
         self.next: Node | None = None
         self.alias: Node = self  # union-find parent of the alias class
+
+    @property
+    def data_users(self) -> list["Node"]:
+        """The users that read this value's data (not only its metadata)."""
+        return [u for u in self.users if u.op != META]
 
     @property
     def label(self) -> str:
@@ -147,19 +158,33 @@ class Graph:
             name: str = "", origin: Any = None, before: Node | None = None,
             type: TensorType | None = None) -> Node:
         """Create a node; appended (at the next position), or inserted right before
-        ``before`` (at its position)."""
+        ``before`` (at its position: see the module docstring)."""
         node = Node(op, inputs, attrs, name, origin, type)
         for i in node.inputs:
             i.users.append(node)
+        last = self._head.prev
         if before is None:
-            at, node.pos = self._head, (self._head.prev.pos + 1 if self._count else 0)
+            at, node.pos = self._head, (last.pos + 1 if self._count else 0)
+            node.order = last.order + 1.0 if self._count else 0.0
         else:
             at, node.pos = before, before.pos
+            low = before.prev.order if before.prev is not self._head else before.order - 1.0
+            node.order = (low + before.order) / 2
         node.prev, node.next = at.prev, at
         at.prev.next = node
         at.prev = node
         self._count += 1
+        if before is not None and not node.prev.order < node.order < before.order:
+            self._renumber()  # the gap was too narrow for a float between
         return node
+
+    def _renumber(self) -> None:
+        for k, n in enumerate(self):
+            n.order = float(k)
+
+    def earliest(self, nodes) -> Node:
+        """The one of ``nodes`` that comes first in the graph."""
+        return min(nodes, key=lambda n: n.order)
 
     # --- aliasing and side effects ----------------------------------------------------
     def alias_root(self, node: Node) -> Node:
@@ -207,6 +232,27 @@ class Graph:
         old.users = []
         self.unite(new, old)
         self.prune(old)
+
+    def meta_blocker(self, old: Node, new_type: TensorType | None, same_shape: bool):
+        """A metadata read of ``old`` that a value of ``new_type`` could not answer (its rank,
+        dtype or device differ, or it reads the shape and ``same_shape`` is false), or None."""
+        for u in old.users:
+            if u.op != META:
+                continue
+            t = old.type
+            if t is None or new_type is None or (t.rank, t.dtype, t.device) != \
+                    (new_type.rank, new_type.dtype, new_type.device):
+                return u
+            if u.attrs["reads"] == "shape" and not (same_shape and t.shape == new_type.shape):
+                return u
+        return None
+
+    def move_meta(self, old: Node, new: Node) -> None:
+        """Metadata reads of ``old`` read ``new`` instead (see :meth:`meta_blocker`)."""
+        for u in [u for u in old.users if u.op == META]:
+            u.inputs[u.inputs.index(old)] = new
+            new.users.append(u)
+            old.users.remove(u)
 
     def remove(self, node: Node) -> None:
         """Unlink ``node`` (which nothing reads) from the graph."""

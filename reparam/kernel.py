@@ -7,7 +7,9 @@ folds is first written as a :class:`Conv` in canonical form::
 
 where ``xpad`` is the input zero-padded by ``pads[k] = (begin, end)`` in every
 spatial dimension ``k``, ``s`` the stride, ``d`` the dilation and ``c'`` the index
-of input channel ``c`` inside its group. Operations build such convs
+of input channel ``c`` inside its group. With no spatial dimensions (``ndim`` 0,
+weight ``(out, in/groups)``) a conv is a linear layer on ``(N, C)``:
+``y[n, o] = bias[o] + sum_c weight[o, c'] * x[n, c]``. Operations build such convs
 (:func:`from_bn`, :func:`identity`, :func:`avgpool`) or combine them
 (:func:`pad`, :func:`add`, :func:`compose`). Each one states when it is exact;
 when that condition does not hold it returns a :class:`Refusal` with the reason
@@ -103,17 +105,17 @@ class Conv:
         object.__setattr__(self, "weight", w)
         object.__setattr__(self, "bias", b)
         nd = w.ndim - 2
-        if nd < 1:
-            raise ValueError(f"conv weight needs at least 3 dims, got shape {w.shape}")
+        if nd < 0:
+            raise ValueError(f"conv weight needs at least 2 dims, got shape {w.shape}")
         if b.shape != (w.shape[0],):
             raise ValueError(f"bias shape {b.shape} does not match {w.shape[0]} output channels")
         for name in ("stride", "dilation"):
             v = tuple(int(x) for x in getattr(self, name))
-            if len(v) != nd or min(v) < 1:
+            if len(v) != nd or min(v, default=1) < 1:
                 raise ValueError(f"{name} {v} invalid for a {nd}-d conv")
             object.__setattr__(self, name, v)
         pads = tuple((int(a), int(b_)) for a, b_ in self.pads)
-        if len(pads) != nd or min(min(p) for p in pads) < 0:
+        if len(pads) != nd or min((min(p) for p in pads), default=0) < 0:
             raise ValueError(f"pads {pads} invalid for a {nd}-d conv")
         object.__setattr__(self, "pads", pads)
         if self.groups < 1 or w.shape[0] % self.groups:

@@ -123,7 +123,8 @@ _TORCH_BATCH_NORM = inspect.Signature([
         "eps", "cudnn_enabled")])
 
 
-def _signature(target) -> inspect.Signature:
+def signature(target) -> inspect.Signature:
+    """The signature of a torch function (torch.batch_norm's, which has none, written out)."""
     return _TORCH_BATCH_NORM if target is torch.batch_norm else inspect.signature(target)
 
 
@@ -132,7 +133,7 @@ def _updated_statistics(target, args, kwargs) -> list | None:
     in training mode), or None when its arguments do not bind."""
     names, mode = _STATS_UPDATES[target]
     try:
-        bound = _signature(target).bind(*args, **kwargs)
+        bound = signature(target).bind(*args, **kwargs)
     except TypeError:
         return None
     bound.apply_defaults()

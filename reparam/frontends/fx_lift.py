@@ -50,7 +50,7 @@ from torch.nn.utils import parametrize
 from .. import kernel
 from ..ir import OPAQUE, Graph, Node
 from ..kernel import Conv, Refusal
-from .fx_effects import Effects, has_hooks, known_class
+from .fx_effects import Effects, has_hooks, known_class, signature as _signature
 from .fx_types import Types, dtype_name
 
 CONV_NDIM = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}
@@ -67,20 +67,34 @@ _FUNCTIONAL_LAYERS = (F.conv1d, F.conv2d, F.conv3d, torch.conv1d, torch.conv2d, 
 
 
 _KNOWN = frozenset(CONV_NDIM) | frozenset(_BN_RANKS) | frozenset(_PAD_NDIM) \
-    | frozenset(_POOL_NDIM) | {nn.Identity}
+    | frozenset(_POOL_NDIM) | {nn.Identity, nn.Linear}
+_CONV_FUNCTIONS = {torch.conv1d: 1, torch.conv2d: 2, torch.conv3d: 3}  # F.conv2d is torch.conv2d
+_POOL_FUNCTIONS = {F.avg_pool1d: 1, F.avg_pool2d: 2, F.avg_pool3d: 3}
+#: metadata of a tensor: what reading it depends on (see ``meta`` in :mod:`reparam.ir`)
+_RANK_ATTRS = frozenset({"ndim", "dtype", "device", "is_cuda", "layout", "is_quantized"})
+_RANK_METHODS = frozenset({"dim", "ndimension", "is_floating_point", "is_complex", "get_device"})
+_SHAPE_METHODS = frozenset({"size", "numel"})
 def _sig(*names, **keyword_only) -> inspect.Signature:
     return inspect.Signature(
         [Parameter(n, Parameter.POSITIONAL_OR_KEYWORD) for n in names]
         + [Parameter(k, Parameter.KEYWORD_ONLY, default=v) for k, v in keyword_only.items()])
 
 
+def _defaults(*names, **defaults) -> inspect.Signature:
+    """Positional-or-keyword parameters ``names``, then ``defaults`` (name=default)."""
+    return inspect.Signature(
+        [Parameter(n, Parameter.POSITIONAL_OR_KEYWORD) for n in names]
+        + [Parameter(k, Parameter.POSITIONAL_OR_KEYWORD, default=v) for k, v in defaults.items()])
+
+
+_CONV_SIG = _defaults("input", "weight", bias=None, stride=1, padding=0, dilation=1, groups=1)
+_LINEAR_SIG = _defaults("input", "weight", bias=None)
+_POOL_SIG = _defaults("input", "kernel_size", stride=None, padding=0, ceil_mode=False,
+                      count_include_pad=True, divisor_override=None)
 _ADD_SIG = _sig("input", "other", alpha=1, out=None)
 _MUL_SIG = _sig("input", "other", out=None)
 _DIV_SIG = _sig("input", "other", rounding_mode=None, out=None)
-_PAD_SIG = inspect.Signature([Parameter("input", Parameter.POSITIONAL_OR_KEYWORD),
-                              Parameter("pad", Parameter.POSITIONAL_OR_KEYWORD),
-                              Parameter("mode", Parameter.POSITIONAL_OR_KEYWORD, default="constant"),
-                              Parameter("value", Parameter.POSITIONAL_OR_KEYWORD, default=None)])
+_PAD_SIG = _defaults("input", "pad", mode="constant", value=None)
 #: elementwise arithmetic: callable -> (kind, signature; None for two positional operands)
 _ARITH_FUNCTIONS = {
     operator.add: ("add", None), operator.sub: ("sub", None), operator.mul: ("mul", None),
@@ -169,6 +183,11 @@ class _Lifter:
         t = self.types.get(x)
         if cls is nn.Identity:
             return ("identity", {}), None
+        if cls is nn.Linear:
+            if t.rank != 2:
+                return None, None  # features are the last dimension: dimension 1 only for (N, C)
+            conv = Conv(_np(m.weight, 0, 0), _np(m.bias, m.out_features, 0.0), (), (), ())
+            return ("conv", {"kernel": conv}), None
         if cls in CONV_NDIM:
             if t.rank != CONV_NDIM[cls] + 2:
                 return None, Refusal("rank", f"{cls.__name__} reads a rank-{t.rank} tensor, "
@@ -191,21 +210,30 @@ class _Lifter:
                 return None, None
             return _pad_conv(t, list(m.padding)), None
         nd = _POOL_NDIM[cls]
-        if t.rank != nd + 2:
+        if t.rank != nd + 2 or getattr(m, "divisor_override", None):
             return None, None
-        return _pool_conv(m, nd, t.channels), None
+        ks, st = _ints(m.kernel_size, nd), _ints(m.stride or m.kernel_size, nd)
+        return _pool_conv(ks, st, _ints(m.padding, nd), m.ceil_mode, m.count_include_pad,
+                          t.channels), None
 
     # --- functions and methods ----------------------------------------------------------
     def call(self, node: fx.Node):
-        """(op, attrs, fx inputs) of a lifted call_function / call_method, or None."""
+        """(op, attrs, fx inputs) of a lifted call_function / call_method; else None, or a
+        Refusal saying why a functional layer stays opaque."""
         if node.op == "call_function":
+            if node.target is getattr:
+                return self.metadata(node)
+            handler = self.FUNCTIONAL.get(node.target)
+            if handler is not None:
+                return handler(self, node)
             entry = _ARITH_FUNCTIONS.get(node.target)
-            if node.target is F.pad:
-                return self.pad(node)
         else:
             receiver = node.args[0] if node.args else None
-            entry = _ARITH_METHODS.get(node.target) if self.types.get(receiver) is not None \
-                else None
+            if self.types.get(receiver) is None:
+                return None
+            if node.target in _RANK_METHODS or node.target in _SHAPE_METHODS:
+                return self.metadata(node)
+            entry = _ARITH_METHODS.get(node.target)
         if entry is None:
             return None
         kind, sig = entry
@@ -269,19 +297,141 @@ class _Lifter:
         """A Python number or a stored real floating-point tensor nothing changes, as float64."""
         if _number(c):
             return np.array(float(c))
+        t = self.stored(c)
+        return None if t is None else t.detach().to("cpu", torch.float64).numpy().copy()
+
+    def metadata(self, node: fx.Node):
+        """``x.shape``, ``x.ndim``, ``x.size(1)``, ``x.dim()``, ... of a tensor: a ``meta`` read."""
+        x = node.args[0] if node.args else None
+        if self.types.get(x) is None or any(isinstance(a, fx.Node) for a in
+                                            list(node.args[1:]) + list(node.kwargs.values())):
+            return None
+        if node.op == "call_function":
+            if len(node.args) != 2 or node.kwargs:
+                return None
+            what = node.args[1]
+            reads = "rank" if what in _RANK_ATTRS else "shape" if what == "shape" else None
+        else:
+            reads = "rank" if node.target in _RANK_METHODS else "shape"
+        return None if reads is None else ("meta", {"reads": reads}, [x])
+
+    def stored(self, c) -> torch.Tensor | None:
+        """The stored real floating-point tensor a get_attr node reads, if nothing changes it."""
         if isinstance(c, fx.Node) and c.op == "get_attr":
             t = _getattr_path(self.gm, c.target)
             if isinstance(t, torch.Tensor) and t.is_floating_point() and not t.is_quantized \
                     and id(t) not in self.effects.mutated_tensors:
-                return t.detach().to("cpu", torch.float64).numpy().copy()
+                return t
         return None
 
-    def pad(self, node: fx.Node):
-        try:
-            bound = _PAD_SIG.bind(*node.args, **node.kwargs)
-        except TypeError:
+    def _operands(self, args: dict, x_key: str, tensor_keys: tuple, nd: int | None):
+        """The typed input ``args[x_key]`` of rank ``nd + 2`` (any rank >= 2 for None) and the
+        stored tensors ``args[k]`` (None stays None), or a Refusal."""
+        x, t = args[x_key], self.types.get(args[x_key])
+        if t is None:
+            return Refusal("type", "the type of its input is unknown" +
+                           (f" ({self.types.note})" if self.types.note else ""))
+        if not t.is_float or t.rank is None or (t.rank != nd + 2 if nd is not None
+                                                else t.rank < 2):
+            return Refusal("rank" if t.is_float else "dtype",
+                           f"its input is a rank-{t.rank} {t.dtype} tensor")
+        tensors = []
+        for k in tensor_keys:
+            v = args[k]
+            stored = None if v is None else self.stored(v)
+            if v is not None and stored is None:
+                return Refusal("arguments", f"its {k} is not a stored tensor that nothing changes")
+            if stored is not None and dtype_name(stored.dtype) != t.dtype:
+                return Refusal("dtype", f"its {k} is {dtype_name(stored.dtype)}, its input {t.dtype}")
+            tensors.append(stored)
+        return x, t, tensors
+
+    def conv_function(self, node: fx.Node):
+        nd = _CONV_FUNCTIONS[node.target]
+        args = _bind(_CONV_SIG, node)
+        if args is None:
+            return Refusal("arguments", "arguments that do not bind to conv's signature")
+        found = self._operands(args, "input", ("weight", "bias"), nd)
+        if isinstance(found, Refusal):
+            return found
+        x, t, (w, b) = found
+        if w is None or w.dim() != nd + 2:
+            return Refusal("arguments", "its weight is not a stored kernel")
+        ks = tuple(w.shape[2:])
+        stride, dilation = _ints(args["stride"], nd), _ints(args["dilation"], nd)
+        groups, padding = args["groups"], args["padding"]
+        if padding == "same":
+            pads = tuple((d * (k - 1) // 2, d * (k - 1) - d * (k - 1) // 2)
+                         for d, k in zip(dilation or (), ks))
+        elif padding == "valid":
+            pads = ((0, 0),) * nd
+        else:
+            pads = _ints(padding, nd)
+            pads = None if pads is None else tuple((p, p) for p in pads)
+        if None in (stride, dilation, pads) or not isinstance(groups, int) \
+                or isinstance(groups, bool) or w.shape[1] * groups != t.channels:
+            return Refusal("arguments", "stride, padding, dilation or groups not plain ints")
+        conv = Conv(_np(w, 0, 0), _np(b, w.shape[0], 0.0), stride, pads, dilation, groups)
+        return "conv", {"kernel": conv}, [x] + _nodes(args, ("weight", "bias"))
+
+    def linear_function(self, node: fx.Node):
+        args = _bind(_LINEAR_SIG, node)
+        if args is None:
+            return Refusal("arguments", "arguments that do not bind to linear's signature")
+        found = self._operands(args, "input", ("weight", "bias"), 0)
+        if isinstance(found, Refusal):
+            return found
+        x, t, (w, b) = found
+        if w is None or w.dim() != 2 or w.shape[1] != t.channels:
+            return Refusal("arguments", "its weight is not a stored matrix")
+        conv = Conv(_np(w, 0, 0), _np(b, w.shape[0], 0.0), (), (), ())
+        return "conv", {"kernel": conv}, [x] + _nodes(args, ("weight", "bias"))
+
+    def batch_norm_function(self, node: fx.Node):
+        args = _bind(_signature(node.target), node)
+        if args is None:
+            return Refusal("arguments", "arguments that do not bind to batch_norm's signature")
+        if args["training"] is not False:
+            return Refusal("training", "it normalises with batch statistics (training is not "
+                                       "False)")
+        found = self._operands(args, "input", ("running_mean", "running_var", "weight", "bias"),
+                               None)
+        if isinstance(found, Refusal):
+            return found
+        x, t, (mean, var, w, b) = found
+        if mean is None or var is None:
+            return Refusal("stats", "it has no running statistics")
+        eps = args["eps"]
+        if not _number(eps) or mean.numel() != t.channels:
+            return Refusal("arguments", "eps is not a number, or the statistics do not match "
+                                        "the channels")
+        c = t.channels
+        attrs = {"eps": float(eps), "weight": _np(w, c, 1.0), "bias": _np(b, c, 0.0),
+                 "mean": _np(mean, c, 0.0), "var": _np(var, c, 1.0)}
+        keys = ("running_mean", "running_var", "weight", "bias")
+        return "bn", attrs, [x] + _nodes(args, keys)
+
+    def pool_function(self, node: fx.Node):
+        nd = _POOL_FUNCTIONS[node.target]
+        args = _bind(_POOL_SIG, node)
+        if args is None or args["divisor_override"] is not None:
             return None
-        args = {**{k: p.default for k, p in _PAD_SIG.parameters.items()}, **bound.arguments}
+        t = self.types.get(args["input"])
+        if t is None or not t.is_float or t.rank != nd + 2 or t.channels is None:
+            return None
+        ks = _ints(args["kernel_size"], nd)
+        st = ks if args["stride"] is None or args["stride"] == [] else _ints(args["stride"], nd)
+        pd = _ints(args["padding"], nd)
+        if None in (ks, st, pd) or not all(isinstance(args[k], bool) for k in
+                                             ("ceil_mode", "count_include_pad")):
+            return None
+        lifted = _pool_conv(ks, st, pd, args["ceil_mode"], args["count_include_pad"], t.channels)
+        return (*lifted, [args["input"]])
+
+    def pad(self, node: fx.Node):
+        args = _bind(_PAD_SIG, node)
+        if args is None:
+            return None
         x, flat, t = args["input"], args["pad"], self.types.get(args["input"])
         if args["mode"] != "constant" or args["value"] not in (None, 0) \
                 or isinstance(args["value"], bool) or t is None or not t.is_float \
@@ -292,6 +442,12 @@ class _Lifter:
             return None
         lifted = _pad_conv(t, list(flat))
         return None if lifted is None else (*lifted, [x])
+
+    FUNCTIONAL = {torch.conv1d: conv_function, torch.conv2d: conv_function,
+                  torch.conv3d: conv_function, F.linear: linear_function,
+                  F.batch_norm: batch_norm_function, torch.batch_norm: batch_norm_function,
+                  F.avg_pool1d: pool_function, F.avg_pool2d: pool_function,
+                  F.avg_pool3d: pool_function, F.pad: pad}
 
     # --- the whole graph ------------------------------------------------------------------
     def classify(self, node: fx.Node):
@@ -309,14 +465,13 @@ class _Lifter:
             return OPAQUE, attrs, list(node.all_input_nodes)
         if node.op == "get_attr":
             return "constant", {}, []
-        if node.op in ("call_function", "call_method"):
-            lifted = self.call(node)
-            if lifted is not None:
-                return lifted
+        lifted = self.call(node) if node.op in ("call_function", "call_method") else None
+        if lifted is not None and not isinstance(lifted, Refusal):
+            return lifted
         attrs = {"label": _label(node)}
         if node.op == "call_function" and node.target in _FUNCTIONAL_LAYERS:
-            attrs["why"] = Refusal("unsupported", f"{_label(node)} (a functional layer) is not "
-                                                  "lifted")
+            attrs["why"] = lifted if lifted is not None else Refusal(
+                "unsupported", f"{_label(node)} (a functional layer) is not lifted")
         return OPAQUE, attrs, list(node.all_input_nodes)
 
     def lift(self) -> Graph:
@@ -393,18 +548,37 @@ def _pad_conv(t, flat: list):
                     "pad": True}
 
 
-def _pool_conv(m: nn.Module, nd: int, channels: int):
-    if getattr(m, "divisor_override", None):
-        return None
-
-    def tup(v):
-        return tuple(v) if isinstance(v, (tuple, list)) else (v,) * nd
-    ks, st, pd = tup(m.kernel_size), tup(m.stride or m.kernel_size), tup(m.padding)
-    k = kernel.avgpool(channels, ks, st, tuple((p, p) for p in pd), m.count_include_pad,
-                       m.ceil_mode)
+def _pool_conv(ks, st, pd, ceil_mode: bool, count_include_pad: bool, channels: int):
+    """An average pool (kernel, stride, symmetric padding per dimension) as a conv."""
+    k = kernel.avgpool(channels, ks, st, tuple((p, p) for p in pd), count_include_pad, ceil_mode)
     if not k:
         return "conv", {"kernel": None, "refuse": k, "pool": True}
     return "conv", {"kernel": k, "pool": True}
+
+
+def _ints(v, n: int) -> tuple | None:
+    """An int or a sequence of ``n`` ints (as torch takes them) as ``n`` ints; else None."""
+    if isinstance(v, int) and not isinstance(v, bool):
+        return (v,) * n
+    if isinstance(v, (tuple, list)) and len(v) == n and all(
+            isinstance(i, int) and not isinstance(i, bool) for i in v):
+        return tuple(v)
+    return None
+
+
+def _bind(sig: inspect.Signature, node: fx.Node) -> dict | None:
+    """The arguments of ``node`` by parameter name, defaults filled in; None if they do not
+    bind to ``sig``."""
+    try:
+        bound = sig.bind(*node.args, **node.kwargs)
+    except TypeError:
+        return None
+    bound.apply_defaults()
+    return dict(bound.arguments)
+
+
+def _nodes(args: dict, keys) -> list:
+    return [args[k] for k in keys if isinstance(args[k], fx.Node)]
 
 
 def lift(gm: fx.GraphModule, types: Types, effects: Effects) -> Graph:

@@ -135,11 +135,29 @@ def lower(graph: Graph, source: nn.Module, class_name: str) -> fx.GraphModule:
     return gm
 
 
+def _emit_linear(out: fx.Graph, conv: Conv, x: fx.Node, root: nn.Module, name: str, dtype,
+                 device) -> fx.Node:
+    """A conv without spatial dimensions on ``(N, C)``: ``nn.Linear`` (dense), or
+    ``x * weight + bias`` (per-channel; the passes build no other groups)."""
+    if conv.groups == 1:
+        m = nn.Linear(conv.in_channels, conv.out_channels, device="meta")
+        m.weight = nn.Parameter(_tensor(conv.weight, dtype, device))
+        m.bias = nn.Parameter(_tensor(conv.bias, dtype, device))
+        root.add_module(name, m)
+        return out.call_module(name, (x,))
+    root.register_parameter(name + "_weight", nn.Parameter(_tensor(conv.weight[:, 0], dtype, device)))
+    root.register_parameter(name + "_bias", nn.Parameter(_tensor(conv.bias, dtype, device)))
+    scaled = out.call_function(operator.mul, (x, out.get_attr(name + "_weight")))
+    return out.call_function(operator.add, (scaled, out.get_attr(name + "_bias")))
+
+
 def _emit_conv(out: fx.Graph, node: Node, x: fx.Node, root: nn.Module, taken: set) -> fx.Node:
     conv: Conv = node.attrs["kernel"]
     name = _free_name(node.name.replace(".", "_"), taken)
     taken.add(name)
     like, device = node.type.dtype, node.type.device
+    if conv.ndim == 0:
+        return _emit_linear(out, conv, x, root, name, like, device)
     if any(b != e for b, e in conv.pads):  # asymmetric: explicit pad, then a conv without
         flat = [p for b, e in reversed(conv.pads) for p in (b, e)]
         x = out.call_function(torch.nn.functional.pad, (x, flat))

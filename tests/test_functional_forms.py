@@ -1,0 +1,197 @@
+"""Functional and subclassed spellings lift like their module forms (issue 13): F.conv*d,
+F.batch_norm with stored statistics, F.avg_pool*d, F.linear / nn.Linear on (N, C), metadata
+reads such as ``torch._assert(x.ndim == 4)``, BatchNorm subclasses traced through."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import reparam
+from reparam.models import randomize_bn_
+
+torch.set_num_threads(1)
+TOL = 1e-9
+X = torch.randn(2, 6, 9, 10, dtype=torch.float64)
+
+
+def bn(c, cls=nn.BatchNorm2d):
+    return randomize_bn_(cls(c))
+
+
+def fuse_same(model, x, **kw):
+    reference = copy.deepcopy(model)
+    fused, report = reparam.fuse(model, report=True, **kw)
+    with torch.no_grad():
+        ref, got = reference(x), fused(x)
+    assert ((got - ref).abs().max() / ref.abs().max()).item() <= TOL, report.details()
+    return fused, report
+
+
+def count(gm, *targets):
+    """Calls in the fused GraphModule of modules of these classes / of these functions."""
+    classes = tuple(t for t in targets if isinstance(t, type))
+    n = 0
+    for node in gm.graph.nodes:
+        if node.op == "call_module" and isinstance(gm.get_submodule(node.target), classes):
+            n += 1
+        elif node.op == "call_function" and node.target in targets:
+            n += 1
+    return n
+
+
+class FunctionalConvBN(nn.Module):
+    """Conv and BatchNorm written with F.* on the module's own parameters and buffers."""
+
+    def __init__(self, c=6):
+        super().__init__()
+        self.w3 = nn.Parameter(torch.randn(c, c, 3, 3) / 9)
+        self.w1 = nn.Parameter(torch.randn(c, c, 1, 1) / 3)
+        self.b1 = nn.Parameter(torch.randn(c))
+        self.n3, self.n1 = bn(c), bn(c)
+
+    def norm(self, x, n):
+        return F.batch_norm(x, n.running_mean, n.running_var, n.weight, n.bias, False, 0.1, n.eps)
+
+    def forward(self, x):
+        a = self.norm(F.conv2d(x, self.w3, padding=1), self.n3)
+        b = self.norm(F.conv2d(x, self.w1, self.b1, stride=1, padding="same"), self.n1)
+        return torch.relu(a + b + F.avg_pool2d(x, 3, 1, 1))
+
+
+def test_functional_conv_batchnorm_and_pool_merge_into_one_conv():
+    fused, report = fuse_same(FunctionalConvBN().double().eval(), X, example_inputs=X)
+    assert count(fused, nn.Conv2d) == 1
+    assert count(fused, F.batch_norm, F.conv2d, F.avg_pool2d, nn.BatchNorm2d) == 0
+    assert report.fired["merge_parallel_branches"] == 1
+
+
+class BatchNormAct(nn.BatchNorm2d):
+    """BatchNorm + activation in one subclass, checking its input's rank first (the way timm's
+    BatchNormAct2d is written), defined outside torch.nn: torch.fx traces through it."""
+
+    def forward(self, x):
+        torch._assert(x.ndim == 4, f"expected 4D input (got {x.ndim}D input)")
+        x = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                         self.training, 0.0 if self.momentum is None else self.momentum, self.eps)
+        return F.relu(x, inplace=True)
+
+
+def test_batchnorm_subclass_traced_through_folds_and_keeps_its_activation():
+    model = nn.Sequential(nn.Conv2d(6, 6, 3, padding=1), randomize_bn_(BatchNormAct(6)),
+                          nn.Conv2d(6, 6, 1), randomize_bn_(BatchNormAct(6))).double().eval()
+    fused, report = fuse_same(model, X)
+    assert count(fused, nn.Conv2d) == 2 and count(fused, F.batch_norm) == 0
+    assert count(fused, F.relu) == 2  # the activations stay
+    assert report.fired["fold_conv_bn"] == 2
+
+
+@pytest.mark.parametrize("read", [
+    lambda y: torch._assert(y.ndim == 4, "rank"),
+    lambda y: torch._assert(y.shape[1] == 6, "channels"),
+    lambda y: (torch._assert(y.size(1) == 6, "size"), torch._assert(y.dim() == 4, "dim")),
+    lambda y: (torch._assert(y.dtype == torch.float64, "dtype"),
+               torch._assert(y.device.type == "cpu", "device")),
+], ids=["ndim", "shape", "size-dim", "dtype-device"])
+def test_metadata_reads_do_not_block_a_fold(read):
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(6, 6, 3, padding=1), bn(6)
+
+        def forward(self, x):
+            y = self.conv(x)
+            read(y)
+            return self.bn(y)
+
+    fused, report = fuse_same(M().double().eval(), X)
+    assert report.fired["fold_conv_bn"] == 1 and count(fused, nn.BatchNorm2d) == 0
+
+
+def test_shape_read_of_an_intermediate_of_another_shape_blocks_the_fold():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(6, 4, 1), nn.Conv2d(4, 6, 1)
+
+        def forward(self, x):
+            y = self.a(x)
+            return self.b(y) * y.shape[1]  # the composed conv has 6 channels, not 4
+
+    fused, report = fuse_same(M().double().eval(), X)
+    assert count(fused, nn.Conv2d) == 2
+    assert any(r.kind == "shared" and "metadata" in r.reason for r in report.refused)
+
+
+@pytest.mark.parametrize("first", ["linear_bn", "bn_linear"])
+def test_linear_and_batchnorm1d_fold(first):
+    lin = nn.Linear(8, 5)
+    model = (nn.Sequential(lin, bn(5, nn.BatchNorm1d)) if first == "linear_bn" else
+             nn.Sequential(bn(8, nn.BatchNorm1d), lin)).double().eval()
+    x = torch.randn(4, 8, dtype=torch.float64)
+    fused, report = fuse_same(model, x, example_inputs=x)
+    assert count(fused, nn.Linear) == 1 and count(fused, nn.BatchNorm1d) == 0
+
+
+def test_distillation_head_becomes_one_linear():
+    """RepViT's classifier: (BN1d + Linear) twice on the pooled features, averaged."""
+
+    class Head(nn.Module):
+        def __init__(self, c=8, k=5):
+            super().__init__()
+            self.head = nn.Sequential(bn(c, nn.BatchNorm1d), nn.Linear(c, k))
+            self.head_dist = nn.Sequential(bn(c, nn.BatchNorm1d), nn.Linear(c, k))
+
+        def forward(self, x):
+            x = F.adaptive_avg_pool2d(x, 1).flatten(1)
+            return (self.head(x) + self.head_dist(x)) / 2
+
+    x = torch.randn(3, 8, 5, 5, dtype=torch.float64)
+    fused, report = fuse_same(Head().double().eval(), x, example_inputs=x)
+    assert count(fused, nn.Linear) == 1 and count(fused, nn.BatchNorm1d) == 0
+
+
+def test_functional_linear_and_sum_of_linears():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(5, 8))
+            self.a = nn.Linear(8, 5)
+
+        def forward(self, x):
+            return F.linear(x, self.w) + self.a(x) * 0.5 - x[:, :5]
+
+    x = torch.randn(4, 8, dtype=torch.float64)
+    fused, report = fuse_same(M().double().eval(), x, example_inputs=x)
+    assert count(fused, nn.Linear) == 1 and count(fused, F.linear) == 0
+
+
+def test_linear_on_a_sequence_is_not_a_channel_map():
+    """nn.Linear maps the last dimension; on (N, L, C) that is not dimension 1."""
+    model = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 8)).double().eval()
+    x = torch.randn(2, 3, 8, dtype=torch.float64)
+    fused, report = fuse_same(model, x, example_inputs=x)
+    assert count(fused, nn.Linear) == 2
+
+
+def test_sync_batchnorm_in_eval_folds():
+    model = nn.Sequential(nn.Conv2d(6, 6, 3, padding=1),
+                          randomize_bn_(nn.SyncBatchNorm(6))).double().eval()
+    fused, report = fuse_same(model, X)
+    assert count(fused, nn.SyncBatchNorm) == 0 and report.fired["fold_conv_bn"] == 1
+
+
+def test_functional_batchnorm_without_stored_statistics_stays():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(6, 6, 3, padding=1)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return F.batch_norm(y, y.mean((0, 2, 3)).detach(), y.var((0, 2, 3)).detach())
+
+    fused, report = fuse_same(M().double().eval(), X)
+    [k] = [k for k in report.kept if k.op == "torch.nn.functional.batch_norm"]
+    assert k.kind == "arguments"
