@@ -640,7 +640,9 @@ def eval_onnx(model, feeds: dict, dtype=None, every_tensor: bool = False):
     """Outputs of ``model`` on ``feeds`` computed with torch in ``dtype`` (float64 unless given):
     an evaluator independent of onnxruntime and of reparam, for the ops these graphs and
     reparam's output use. ``every_tensor``: a dict of every tensor computed (and fed) instead."""
-    import torch
+    import pytest
+
+    torch = pytest.importorskip("torch")
     import torch.nn.functional as F
     from onnx import numpy_helper
 

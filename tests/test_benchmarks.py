@@ -14,6 +14,8 @@ import sys
 
 import pytest
 
+pytest.importorskip("torch")  # every benchmark measures torch models
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -13,7 +13,7 @@ import onnx
 import pytest
 
 from reparam import cli
-from test_onnx_frontend import _tiny, assert_close, counts, exported, feed, SIZE
+from test_onnx_frontend import _tiny, assert_close, counts, feed, SIZE
 
 
 def call(capsys, *argv):
@@ -23,7 +23,7 @@ def call(capsys, *argv):
 
 
 @pytest.fixture
-def model_path(tmp_path):
+def model_path(exported, tmp_path):
     src = tmp_path / "train.onnx"
     shutil.copy(exported("torchscript", 0.5), src)
     return src
@@ -76,7 +76,7 @@ def test_in_place(capsys, model_path):
     assert os.listdir(model_path.parent) == ["train.onnx"]
 
 
-def test_input_shape_for_dynamic_dimensions(capsys, tmp_path):
+def test_input_shape_for_dynamic_dimensions(exported, capsys, tmp_path):
     src = exported("torchscript", 0.5, dynamic_hw=True)
     out = tmp_path / "o.onnx"
     code, _, err = call(capsys, src, out)
@@ -93,7 +93,7 @@ def test_input_shape_for_dynamic_dimensions(capsys, tmp_path):
     assert not (tmp_path / "o3.onnx").exists()
 
 
-def _bad_inputs(tmp_path):
+def _bad_inputs(exported, tmp_path):
     good = exported("torchscript", 0.5)
     (tmp_path / "text.onnx").write_text("definitely not onnx\n")
     data = open(good, "rb").read()
@@ -119,8 +119,8 @@ def _bad_inputs(tmp_path):
     ]
 
 
-def test_bad_inputs_exit_2_with_one_line_and_no_output(capsys, tmp_path):
-    for argv, needle in _bad_inputs(tmp_path):
+def test_bad_inputs_exit_2_with_one_line_and_no_output(exported, capsys, tmp_path):
+    for argv, needle in _bad_inputs(exported, tmp_path):
         code, stdout, err = call(capsys, *argv)
         assert code == 2, (argv, err)
         assert err.count("\n") == 1 and needle in err, (argv, err)
@@ -169,7 +169,7 @@ def _no_torch_env(tmp_path):
     return env
 
 
-def test_cli_and_api_work_without_torch(tmp_path):
+def test_cli_and_api_work_without_torch(exported, tmp_path):
     env = _no_torch_env(tmp_path)
     src, out = exported("torchscript", 0.5), tmp_path / "o.onnx"
     probe = subprocess.run([sys.executable, "-c", "import torch"], env=env, capture_output=True)
@@ -187,7 +187,9 @@ def test_cli_and_api_work_without_torch(tmp_path):
 
 
 def test_console_script():
-    exe = shutil.which("reparam")
+    # a venv's console scripts lie beside its interpreter, whether or not the venv is activated
+    exe = shutil.which("reparam", path=os.pathsep.join([os.path.dirname(sys.executable),
+                                                        os.environ.get("PATH", "")]))
     if exe is None:
         pytest.skip("the reparam console script is not installed (pip install -e .)")
     r = subprocess.run([exe, "--version"], capture_output=True, text=True)

@@ -6,7 +6,9 @@ random (never fresh) BN statistics; blocks are chained with optional ReLU.
 """
 import operator
 
-import torch
+import pytest
+
+torch = pytest.importorskip("torch")  # the whole module needs torch
 from hypothesis import given, strategies as st
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp

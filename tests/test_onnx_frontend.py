@@ -1,14 +1,13 @@
 """The ONNX frontend: RepGhostNet exported by both torch exporters, hand-built graphs
 for every supported operator, faithfulness of what is not folded, bad inputs.
 
-Exports are cached per process (see :func:`exported`) and shared with test_cli.py.
+RepGhostNet exports come from the session-scoped ``exported`` fixture (tests/conftest.py),
+shared with test_cli.py and test_onnx_lazy.py.
 The sweep over every RepGhostNet width is marked ``slow`` (deselect with ``-m "not slow"``).
 """
 from __future__ import annotations
 
 import os
-import tempfile
-import warnings
 from collections import Counter
 
 import numpy as np
@@ -20,53 +19,7 @@ import reparam
 from reparam.errors import BadInputError
 from reparam.frontends import onnx as fe
 from reparam.passes import DEFAULT_RULES as RULES
-SIZE = 64  # spatial input size of the exported RepGhostNets (export time does not depend on it)
-EXPORTERS = ("torchscript", "torchscript-nofold", "dynamo", "dynamo-noopt")
-_CACHE: dict = {}
-_DIR = tempfile.mkdtemp(prefix="reparam-onnx-tests-")
-
-
-# --- exports ----------------------------------------------------------------------------
-
-def _export(model, path, exporter, dynamic_hw=False):
-    import torch
-
-    x = torch.randn(1, 3, SIZE, SIZE)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if exporter.startswith("torchscript"):
-            axes = {0: "N", 2: "H", 3: "W"} if dynamic_hw else {0: "N"}
-            torch.onnx.export(model, (x,), path, dynamo=False, input_names=["x"],
-                              output_names=["y"], dynamic_axes={"x": axes, "y": {0: "N"}},
-                              do_constant_folding=exporter == "torchscript")
-        else:
-            torch.onnx.export(model, (x,), path, dynamo=True, input_names=["x"],
-                              output_names=["y"], optimize=exporter == "dynamo",
-                              dynamic_shapes=({0: torch.export.Dim("N", max=64)},), verbose=False)
-    return path
-
-
-def repghost(width, seed=0):
-    import torch
-
-    from reparam.models.repghost import randomize_bn_, repghostnet
-
-    torch.manual_seed(seed)
-    return randomize_bn_(repghostnet(width), torch.Generator().manual_seed(seed)).eval()
-
-
-def exported(exporter: str, width: float, deploy: bool = False, dynamic_hw: bool = False) -> str:
-    """Path of RepGhostNet-``width`` (training form, or its deploy form) exported once."""
-    key = (exporter, width, deploy, dynamic_hw)
-    if key not in _CACHE:
-        from reparam.models.repghost import convert_to_deploy
-
-        model = repghost(width)
-        if deploy:
-            model = convert_to_deploy(model).eval()
-        name = f"{exporter}-{width}{'-deploy' if deploy else ''}{'-hw' if dynamic_hw else ''}.onnx"
-        _CACHE[key] = _export(model, os.path.join(_DIR, name), exporter, dynamic_hw)
-    return _CACHE[key]
+from onnx_exports import SIZE  # noqa: F401 (shared with test_cli.py)
 
 
 # --- helpers ----------------------------------------------------------------------------
@@ -131,7 +84,7 @@ def feed(shape, seed=1, name="x"):
 
 # --- RepGhostNet, both exporters --------------------------------------------------------
 
-def check_repghostnet(exporter, width):
+def check_repghostnet(exported, exporter, width):
     path = exported(exporter, width)
     original = onnx.load(path)
     fused, rep = reparam.fuse(path, report=True)
@@ -166,8 +119,8 @@ def check_repghostnet(exporter, width):
 @pytest.mark.parametrize("exporter,width", [("torchscript", 0.5), ("torchscript", 1.0),
                                             ("torchscript-nofold", 0.5), ("dynamo", 0.5),
                                             ("dynamo-noopt", 1.0)])
-def test_repghostnet_export_fuses_like_deploy(exporter, width):
-    fused = check_repghostnet(exporter, width)
+def test_repghostnet_export_fuses_like_deploy(exported, exporter, width):
+    fused = check_repghostnet(exported, exporter, width)
     if exporter == "dynamo-noopt":  # the zero biases it computes with Shape/Expand are folded away
         assert counts(fused)["Expand"] == 0
 
@@ -175,24 +128,24 @@ def test_repghostnet_export_fuses_like_deploy(exporter, width):
 @pytest.mark.slow
 @pytest.mark.parametrize("exporter", ["torchscript", "torchscript-nofold", "dynamo"])
 @pytest.mark.parametrize("width", [0.5, 0.58, 0.8, 1.0, 1.11, 1.3, 1.5, 2.0])
-def test_repghostnet_every_width(exporter, width):
-    check_repghostnet(exporter, width)
+def test_repghostnet_every_width(exported, exporter, width):
+    check_repghostnet(exported, exporter, width)
 
 
-def test_nofold_export_folds_conv_bn_too():
+def test_nofold_export_folds_conv_bn_too(exported):
     _, rep = reparam.fuse(exported("torchscript-nofold", 0.5), report=True)
     assert rep.before["BatchNormalization"] == 112 and rep.after["BatchNormalization"] == 0
     assert rep.fired["fold_conv_bn"] == 80
 
 
-def test_fused_matches_deploy_model():
+def test_fused_matches_deploy_model(exported):
     """The fused training export computes what the deploy export computes."""
     fused = reparam.fuse(exported("torchscript", 0.5))
     deploy = onnx.load(exported("torchscript", 0.5, deploy=True))
     assert_close(deploy, fused, feed((2, 3, SIZE, SIZE)), rtol=1e-5)
 
 
-def test_input_proto_is_not_modified():
+def test_input_proto_is_not_modified(exported):
     model = onnx.load(exported("torchscript", 0.5))
     before = model.SerializeToString()
     fused = reparam.fuse(model)
@@ -200,13 +153,13 @@ def test_input_proto_is_not_modified():
     assert counts(fused)["BatchNormalization"] == 0
 
 
-def test_fusing_twice_changes_nothing():
+def test_fusing_twice_changes_nothing(exported):
     once = reparam.fuse(exported("torchscript", 0.5))
     twice, rep = reparam.fuse(once, report=True)
     assert not rep.fired and counts(twice) == counts(once)
 
 
-def test_example_inputs_verify_with_onnxruntime():
+def test_example_inputs_verify_with_onnxruntime(exported):
     path = exported("torchscript", 0.5)
     fused = reparam.fuse(path, example_inputs=[feed((1, 3, SIZE, SIZE))], rtol=1e-5)
     assert counts(fused)["BatchNormalization"] == 0
@@ -467,7 +420,7 @@ def test_float64_and_float16_models():
         assert np.abs(g.astype(np.float64) - r).max() <= tol * np.abs(r).max()
 
 
-def test_external_data_is_read_and_written(tmp_path):
+def test_external_data_is_read_and_written(exported, tmp_path):
     model = onnx.load(exported("torchscript", 0.5))
     src = tmp_path / "ext.onnx"
     onnx.save(model, src, save_as_external_data=True, location="ext.onnx.data", size_threshold=0)
@@ -506,7 +459,7 @@ def test_missing_initializer_is_bad_input():
         reparam.fuse(model)
 
 
-def test_unreadable_files_are_bad_input(tmp_path):
+def test_unreadable_files_are_bad_input(exported, tmp_path):
     with pytest.raises(BadInputError, match="no such file"):
         reparam.fuse(tmp_path / "missing.onnx")
     (tmp_path / "text.onnx").write_text("this is not a protobuf\n")

@@ -16,15 +16,13 @@ from reparam import cli
 from reparam.frontends import onnx as O
 from reparam.frontends import onnx_file
 
-from test_onnx_frontend import exported
-
 
 @pytest.fixture
 def small_model_is_large(monkeypatch):
     monkeypatch.setattr(O, "LAZY_FILE_BYTES", 0)
 
 
-def test_raw_data_spans_point_at_the_bytes():
+def test_raw_data_spans_point_at_the_bytes(exported):
     path = exported("torchscript", 0.5)
     model = onnx.load(path)
     spans = onnx_file.raw_data_spans(path)
@@ -36,7 +34,7 @@ def test_raw_data_spans_point_at_the_bytes():
         assert data[offset:offset + length] == t.raw_data
 
 
-def test_light_model_fuses_like_the_full_one(small_model_is_large):
+def test_light_model_fuses_like_the_full_one(exported, small_model_is_large):
     path = exported("torchscript", 0.5)
     light, external = O.load(path)
     assert not external
@@ -56,14 +54,14 @@ def test_light_model_fuses_like_the_full_one(small_model_is_large):
     assert not any(onnx_file.is_lazy(t) for t in fused_light.graph.initializer)
 
 
-def test_fuse_path_with_example_inputs(small_model_is_large):
+def test_fuse_path_with_example_inputs(exported, small_model_is_large):
     path = exported("torchscript", 0.5)
     x = np.random.default_rng(0).standard_normal((1, 3, 64, 64)).astype(np.float32)
     fused = reparam.fuse(path, example_inputs={"x": x})
     assert fused.SerializeToString() == reparam.fuse(onnx.load(path)).SerializeToString()
 
 
-def test_cli_output_is_the_same(tmp_path, monkeypatch):
+def test_cli_output_is_the_same(exported, tmp_path, monkeypatch):
     path = exported("torchscript", 0.5)
     assert cli.main([path, str(tmp_path / "a.onnx"), "-q"]) == 0
     monkeypatch.setattr(O, "LAZY_FILE_BYTES", 0)  # light load and streamed save
@@ -71,7 +69,7 @@ def test_cli_output_is_the_same(tmp_path, monkeypatch):
     assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
 
 
-def test_streamed_save_is_onnx_save(tmp_path):
+def test_streamed_save_is_onnx_save(exported, tmp_path):
     model = reparam.fuse(exported("torchscript", 0.5))
     model.doc_string = "after the graph"  # ModelProto fields on both sides of the graph
     model.graph.doc_string = "and inside it"

@@ -12,7 +12,6 @@ within 1e-5 relative (``max|diff| <= 1e-5 * max|ref|``).
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from collections import Counter
 
@@ -20,16 +19,17 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-import torch
+
+torch = pytest.importorskip("torch")  # the whole module needs torch
 
 from reparam.cli import main
+from onnx_exports import need_exporter
 from test_zoo import CASES, FAMILIES, get
 
-_DIR = tempfile.mkdtemp(prefix="reparam-zoo-onnx-")
 
-
-def export(model, x, exporter: str) -> str:
-    path = os.path.join(_DIR, f"{id(model)}-{exporter}.onnx")
+def export(model, x, exporter: str, directory) -> str:
+    need_exporter(exporter)
+    path = os.path.join(directory, f"{id(model)}-{exporter}.onnx")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(model, (x,), path, dynamo=exporter == "dynamo", input_names=["x"],
@@ -47,9 +47,9 @@ def run(model_or_path, x: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
 @pytest.mark.parametrize("family,case", CASES, ids=[f"{f}-{c}" for f, c in CASES])
-def test_onnx_export_fuses_to_deploy_structure(family, case, exporter):
+def test_onnx_export_fuses_to_deploy_structure(family, case, exporter, tmp_path):
     model, x = get(family, case)
-    path = export(model, x, exporter)
+    path = export(model, x, exporter, tmp_path)
     out = path[:-5] + "-fused.onnx"
     assert main([path, out, "--check", "2", "--quiet", "--report", out + ".json"]) == 0
     fused = onnx.load(out)
