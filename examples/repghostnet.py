@@ -206,9 +206,10 @@ def main(argv=None):
     print(f"\n{report}")
     if report.refused:
         costly = sum("cost more" in r.reason for r in report.refused)
-        why = ("folding them would cost more than the layers they replace" if costly == len(report.refused) else
-               f"{costly} of them because folding would cost more than the layers they replace, "
-               "the others for the reason given")
+        why = "folding them would cost more than the layers they replace"
+        if costly < len(report.refused):
+            why = (f"folding {costly} of them would cost more than the layers they replace, the "
+                   "others for the reason given with each")
         print(f"\n{len(report.refused)} candidates were refused: left as they are, not a failure, "
               f"because {why}; the fused model was verified above.")
     return 0

@@ -157,8 +157,11 @@ def fuse(model, example_inputs=None, *, report: bool = False, rules=None,
     input name -> numpy array, or a list of such, each one check) runs both
     models with onnxruntime and raises
     :class:`reparam.VerificationError` when an output differs by more than
-    ``rtol * max|reference|``. A file or proto that is not a readable ONNX
-    model raises :class:`reparam.BadInputError`.
+    ``rtol * max|reference|``; example inputs of another kind or dtype raise
+    ``TypeError``, a name, shape or count that does not fit the model's inputs
+    ``ValueError`` (both naming what the model takes). A file or proto that is
+    not a readable ONNX model (such as a PyTorch checkpoint, which the message
+    says) raises :class:`reparam.BadInputError`.
 
     torch: ``model`` is never modified: it is deep-copied,
     traced with torch.fx (in eval mode; a model in training mode is folded with

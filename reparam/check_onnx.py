@@ -57,7 +57,8 @@ def random_inputs(model: onnx.ModelProto, count: int, shapes: dict | None = None
     """``count`` feeds of random values; ``shapes[name]`` fixes an input's dynamic dims.
 
     Dynamic dimensions without a given shape are 1 for the first (batch)
-    dimension; any other one is an error naming the input.
+    dimension; any other one is an error naming the input. A name in ``shapes``
+    that is no input of the model is an error listing the model's inputs.
     """
     shapes = dict(shapes or {})
     names = {name for name, _, _ in input_specs(model)}
