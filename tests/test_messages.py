@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import warnings
 import zipfile
 
 import numpy as np
@@ -88,7 +89,9 @@ def _torch_files(folder):
     block = Block().eval()
     torch.save(block.state_dict(), folder / "ckpt.pth")
     torch.save(block.state_dict(), folder / "legacy.pth", _use_new_zipfile_serialization=False)
-    torch.jit.save(torch.jit.script(nn.Sequential(block.conv, block.bn)), folder / "scripted.pt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit says it is deprecated
+        torch.jit.save(torch.jit.script(nn.Sequential(block.conv, block.bn)), folder / "scripted.pt")
     return {
         "ckpt.pth": "looks like a PyTorch checkpoint (a zip archive written by torch.save), "
                     f"not an ONNX model; {TORCH_ADVICE}",
