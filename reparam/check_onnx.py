@@ -32,14 +32,41 @@ def input_specs(model: onnx.ModelProto) -> list[tuple[str, int, tuple]]:
             for i in model.graph.input if i.name not in inits]
 
 
+def _dtype_name(elem: int) -> str:
+    try:
+        return str(helper.tensor_dtype_to_np_dtype(elem))
+    except Exception:
+        return TensorProto.DataType.Name(elem).lower() if elem in TensorProto.DataType.values() else "?"
+
+
+def describe_inputs(model: onnx.ModelProto, only: str | None = None) -> str:
+    """The inputs a caller must feed, as the model declares them: ``x float32 [N,3,224,224], ...``."""
+    inits = {t.name for t in model.graph.initializer}
+    parts = []
+    for i in model.graph.input:
+        if i.name in inits or only not in (None, i.name):
+            continue
+        dims = _dims(i)
+        shape = "(shape not declared)" if dims is None else _fmt_dims(dims)
+        parts.append(f"{i.name} {_dtype_name(i.type.tensor_type.elem_type)} {shape}")
+    return ", ".join(parts) or "none"
+
+
 def random_inputs(model: onnx.ModelProto, count: int, shapes: dict | None = None,
                   seed: int = 0) -> list[dict]:
     """``count`` feeds of random values; ``shapes[name]`` fixes an input's dynamic dims.
 
     Dynamic dimensions without a given shape are 1 for the first (batch)
-    dimension; any other one is an error naming the input.
+    dimension; any other one is an error naming the input. A name in ``shapes``
+    that is no input of the model is an error listing the model's inputs.
     """
     shapes = dict(shapes or {})
+    names = {name for name, _, _ in input_specs(model)}
+    unknown = [name for name in shapes if name not in names]
+    if unknown:  # before any input's own problem: a misspelt name would be reported as that
+        raise BadInputError(f"--input-shape {unknown[0]}:{','.join(map(str, shapes[unknown[0]]))}: "
+                            f"{unknown[0]!r} is not an input of the model; its inputs: "
+                            f"{describe_inputs(model)}")
     rng = np.random.default_rng(seed)
     specs = []
     for name, elem, dims in input_specs(model):
@@ -67,8 +94,6 @@ def random_inputs(model: onnx.ModelProto, count: int, shapes: dict | None = None
         except Exception as e:
             raise BadInputError(f"input {name!r} has an unsupported type {elem}") from e
         specs.append((name, np_t, shape))
-    if shapes:
-        raise BadInputError(f"--input-shape names no input of the model: {', '.join(shapes)}")
     feeds = []
     for _ in range(count):
         feed = {}
@@ -81,6 +106,22 @@ def random_inputs(model: onnx.ModelProto, count: int, shapes: dict | None = None
                 feed[name] = rng.integers(0, 4, shape).astype(np_t)
         feeds.append(feed)
     return feeds
+
+
+def format_tolerances(tolerances: dict) -> str:
+    """``1e-4 for float32 outputs``, ``1e-4 for float32, 1e-2 for float16 outputs``, ...
+
+    ``tolerances`` maps an output dtype to the tolerance used for it (None: compared exactly).
+    """
+    def fmt(x):
+        if x == 0 or 0.1 <= abs(x) < 1e4:
+            return f"{x:g}"
+        mantissa, exponent = f"{x:.3e}".split("e")
+        return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+    parts = [f"{'exact' if tol is None else fmt(tol)} for {dtype}"
+             for dtype, tol in tolerances.items()]
+    return (", ".join(parts) + " outputs") if parts else "none (no outputs)"
 
 
 def _fmt_dims(dims) -> str:
@@ -114,12 +155,14 @@ _ORT_TYPES = {"tensor(float)": TensorProto.FLOAT, "tensor(double)": TensorProto.
 
 
 def verify(reference, fused, feeds: list[dict], rtol: float | None = None,
-           progress=None) -> float:
+           progress=None, tolerances: dict | None = None) -> float:
     """Raise VerificationError unless ``fused`` matches ``reference`` on every feed.
 
     ``reference`` and ``fused`` are ``onnx.ModelProto`` or paths of ONNX files.
     Each output must satisfy ``max|fused - ref| <= rtol * max|ref|`` (``rtol``
     defaults to :data:`RTOL` for the output's type). Returns the worst ratio.
+    ``tolerances``, a dict, receives the tolerance used per output dtype
+    (``{"float32": 1e-4}``; None for outputs compared exactly, such as integers).
 
     The two sessions are never alive together (the reference runs every feed
     first), so a large model is in memory at most once; errors are raised in
@@ -160,10 +203,14 @@ def verify(reference, fused, feeds: list[dict], rtol: float | None = None,
             if r.shape != g_.shape:
                 raise VerificationError(f"output {name!r}: shape {g_.shape} != {r.shape}")
             if r.size == 0 or r.dtype.kind not in "fc":
+                if tolerances is not None and r.dtype.kind not in "fc":
+                    tolerances.setdefault(str(r.dtype), None)
                 if not np.array_equal(r, g_):
                     raise VerificationError(f"output {name!r} differs")
                 continue
             tol = rtol if rtol is not None else RTOL.get(elem[name], 1e-4)
+            if tolerances is not None:
+                tolerances[str(r.dtype)] = tol
             scale = float(np.abs(r.astype(np.float64)).max())
             diff = float(np.abs(g_.astype(np.float64) - r.astype(np.float64)).max())
             ratio = diff / scale if scale else diff

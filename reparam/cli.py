@@ -39,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fold the re-parameterization branches (conv+BN, BN-only and identity "
                     "branches summed by Add, Pad, AveragePool, layer scales) of an ONNX model "
                     "into single convolutions.",
-        epilog="Exit codes: 0 written, 1 verification failed (nothing written), "
+        epilog="OUT (and OUT.data, when written with external data) gets the permission bits "
+               "of IN, or keeps its own when it already exists. "
+               "Exit codes: 0 written, 1 verification failed (nothing written), "
                "2 bad input or usage (nothing written).")
     p.add_argument("input", metavar="IN", help="ONNX model to read")
     p.add_argument("output", metavar="OUT", nargs="?",
@@ -239,15 +241,21 @@ def _run(args, out, shapes, checks, progress) -> int:
         out_external = os.path.exists(staged + ".data")
         check = None
         if checks:
+            tolerances: dict = {}
             try:
-                worst = verify(args.input, staged, feeds, args.rtol, progress=progress)
+                worst = verify(args.input, staged, feeds, args.rtol, progress=progress,
+                               tolerances=tolerances)
             except VerificationError:
                 if args.report:
                     _write_report(args.report, report, args, out, None, written=False)
                 raise
-            check = {"inputs": checks, "worst_ratio": worst, "rtol": args.rtol}
+            check = {"inputs": checks, "worst_ratio": worst, "rtol": args.rtol,
+                     "tolerances": tolerances}
+        mode = _output_mode(args.input, out)
         try:
+            os.chmod(staged, mode)  # not the staging file's (onnx writes .data files 0600)
             if out_external:
+                os.chmod(staged + ".data", mode)
                 os.replace(staged + ".data", os.path.join(folder, base + ".data"))
             os.replace(staged, out)
         except OSError as e:
@@ -274,13 +282,27 @@ def _run(args, out, shapes, checks, progress) -> int:
         if len(notes) < len(report.notes):
             print(f"... and {len(report.notes) - len(notes)} more notes (--verbose lists them)")
         if check:
-            tol = "default" if args.rtol is None else f"{args.rtol:g}"
+            from .check_onnx import format_tolerances
+            tol = format_tolerances(check["tolerances"]) + (" (--rtol)" if args.rtol is not None else "")
             print(f"check:   {checks} random input{'s' * (checks > 1)}, worst max|diff|/max|ref| = "
                   f"{check['worst_ratio']:.3g} (tolerance {tol})")
         else:
             print("check:   skipped")
         print(f"wrote {out}")
     return EXIT_OK
+
+
+def _output_mode(src: str, out: str) -> int:
+    """Permission bits for OUT: its own when it exists (as when a shell or cp overwrites a
+    file), else IN's."""
+    import stat
+
+    for path in (out, src):
+        try:
+            return stat.S_IMODE(os.stat(path).st_mode) & 0o777
+        except OSError:
+            continue
+    return 0o644
 
 
 def _refusals(report, verbose: bool) -> str:

@@ -39,6 +39,14 @@ def test_demo_runs_and_fuses_every_bn():
     assert int(fused_convs) == int(table_deploy_convs) == deploy_convs
     assert int(table_row(out, "BNs")[1]) == 0
     assert "fold_conv_bn" in out  # the report is printed
+    # fusing alone and fusing + verification are timed and labelled apart
+    assert re.search(r"^reparam\.fuse\(model\), fusing alone: \d+\.\d+ s on the first call \(includes "
+                     r"one-time warm-up\), \d+\.\d+ s warm", out, re.M), out
+    assert re.search(r"^reparam\.fuse\(model, example_inputs=x\), fusing \+ verification: \d+\.\d+ s "
+                     r"\(also runs the original and the fused model on x of shape \(2, 3, 64, 64\)", out, re.M), out
+    # refusals are explained as candidates left as they are, not as failures
+    assert re.search(r"^\d+ candidates were refused: left as they are, not a failure, because folding "
+                     r"them would cost more than the layers they replace", out, re.M), out
 
 
 def test_benchmark_prints_ratios():

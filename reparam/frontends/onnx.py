@@ -19,7 +19,7 @@ from onnx import TensorProto
 
 from ..errors import BadInputError
 from . import onnx_file
-from .onnx_check import _check_external_files, _first_line, validate
+from .onnx_check import _check_external_files, _first_line, sniff_non_onnx, validate
 from .onnx_file import PROTOBUF_LIMIT, _copy_fields_into, data_size
 from .onnx_lift import _SMALL, lift
 from .onnx_lower import lower
@@ -44,6 +44,9 @@ def load(path) -> tuple[onnx.ModelProto, bool]:
         raise BadInputError(f"{path}: is a directory, not an ONNX file")
     if os.path.getsize(path) == 0:
         raise BadInputError(f"{path}: empty file (0 bytes), not an ONNX model")
+    kind = sniff_non_onnx(path)
+    if kind:
+        raise BadInputError(f"{path}: {kind}")
     try:
         model = onnx.load(path, load_external_data=False)
     except Exception as e:  # protobuf raises DecodeError, onnx others

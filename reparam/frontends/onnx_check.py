@@ -39,6 +39,48 @@ def _check_external_files(model: onnx.ModelProto, path: str) -> None:
                                 f"is missing (looked in {folder})")
 
 
+#: what to do with a PyTorch file given where an ONNX file is expected
+TORCH_FILE_ADVICE = ("reparam reads ONNX files: in Python, load the weights into the nn.Module "
+                     "they belong to and call reparam.fuse(model), or export the model to ONNX "
+                     "first with torch.onnx.export(model, (x,), 'model.onnx')")
+
+
+def sniff_non_onnx(path: str) -> str | None:
+    """What a file that is plainly not ONNX looks like, from its first bytes (None: maybe ONNX).
+
+    A PyTorch checkpoint (``torch.save``: a zip archive holding ``data.pkl``, or a
+    pickle in the legacy format), a TorchScript archive (``torch.jit.save``), a
+    safetensors file or another zip archive. No ONNX file starts like these: a
+    serialized ModelProto starts with a field that exists (``ir_version``, tag 0x08).
+    """
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if head.startswith(b"PK\x03\x04"):
+        import zipfile
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except (zipfile.BadZipFile, OSError, ValueError):
+            names = []
+        if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
+            return ("looks like a TorchScript archive (written by torch.jit.save), not an ONNX "
+                    f"model; {TORCH_FILE_ADVICE}")
+        if any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
+            return ("looks like a PyTorch checkpoint (a zip archive written by torch.save), not an "
+                    f"ONNX model; {TORCH_FILE_ADVICE}")
+        return ("is a zip archive, not an ONNX model (an ONNX file is a single protobuf message, "
+                "as written by torch.onnx.export or onnx.save)")
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        return (f"looks like a PyTorch checkpoint or another Python pickle (pickle protocol "
+                f"{head[1]}, as written by torch.save), not an ONNX model; {TORCH_FILE_ADVICE}")
+    if len(head) >= 9 and head[8:9] == b"{":
+        n = int.from_bytes(head[:8], "little")
+        if 8 + n <= os.path.getsize(path):
+            return ("looks like a safetensors weights file, not an ONNX model; "
+                    f"{TORCH_FILE_ADVICE}")
+    return None
+
+
 #: opsets of the default domain whose operators the frontend reads (Pad-2 to the newest)
 MIN_OPSET = 7
 
