@@ -121,10 +121,11 @@ def _abs_max(a: np.ndarray):
     return np.max([np.abs(a.max()), np.abs(a.min())])
 
 
-def new_conv(graph: Graph, source: Node, conv: Conv, like: Node, readers: list[Node],
-             type: TensorType | None, folded=()) -> Node:
+def new_conv(graph: Graph, source: Node, conv, like: Node, readers: list[Node],
+             type: TensorType | None, folded=(), op: str = "conv") -> Node:
     """Insert a conv node reading ``source``, named after ``like``, computing a value of
-    ``type`` (that of the value it replaces), right before the first of ``readers``.
+    ``type`` (that of the value it replaces), right before the first of ``readers``
+    (``op`` "conv_transpose" for a :class:`~reparam.kernel.ConvTranspose`).
 
     ``readers`` are the nodes whose reads of ``source`` the new conv stands for;
     ``folded`` the ``(node, same_shape)`` the fold removes besides the one it
@@ -141,7 +142,7 @@ def new_conv(graph: Graph, source: Node, conv: Conv, like: Node, readers: list[N
         raise RefuseFold(Refusal("effects", f"{mutator} may change {source.name} in place "
                                             f"between its reads by {first.name} and "
                                             f"{last.name}"))
-    if conv.ndim == 0 and conv.groups != 1 and not conv.groups == conv.in_channels == \
+    if op == "conv" and conv.ndim == 0 and conv.groups != 1 and not conv.groups == conv.in_channels == \
             conv.out_channels:
         raise RefuseFold(Refusal("unsupported", f"{like.name}: a grouped linear layer (only "
                                                 "dense and per-channel ones are built)"))
@@ -156,7 +157,7 @@ def new_conv(graph: Graph, source: Node, conv: Conv, like: Node, readers: list[N
     if limit is not None and not largest <= limit:  # also catches NaN
         raise RefuseFold(Refusal("overflow", f"folded weights of {like.name} overflow {dtype} "
                                              f"(largest magnitude {largest:.3g})", warn=True))
-    new = graph.add("conv", [source], {"kernel": conv}, name=like.name,
+    new = graph.add(op, [source], {"kernel": conv}, name=like.name,
                     before=graph.earliest(readers), type=type)
     for node, _ in folded:
         graph.move_meta(node, new)

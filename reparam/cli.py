@@ -306,18 +306,12 @@ def _output_mode(src: str, out: str) -> int:
 
 
 def _refusals(report, verbose: bool) -> str:
-    """Refused candidates: every one with ``verbose``, else a count and one example per rule."""
-    if not report.refused:
-        return "refused: nothing"
-    if verbose:
-        return "\n".join(f"refused: {r.rule} at {r.node}: {r.reason}" for r in report.refused)
-    by_rule: dict = {}
-    for r in report.refused:
-        by_rule.setdefault(r.rule, []).append(r)
-    lines = []
-    for rule, rs in by_rule.items():
-        more = f" (and {len(rs) - 1} more; --verbose lists them)" if len(rs) > 1 else ""
-        lines.append(f"refused: {rule} x{len(rs)}, e.g. at {rs[0].node}: {rs[0].reason}{more}")
+    """Refused candidates and layers kept unfolded: every one with ``verbose``, else one line
+    per reason with a count and an example (see :class:`reparam.Report`)."""
+    lines = report.refusal_lines(verbose) or ["refused nothing"]
+    lines += report.kept_lines(verbose)
+    if not verbose and len(report.refused) + len(report.kept) > len(lines):
+        lines.append("(--verbose lists every refused candidate and kept layer)")
     return "\n".join(lines)
 
 

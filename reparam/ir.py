@@ -20,6 +20,8 @@ Ops the passes understand (``PURE_OPS``; they have no side effects):
 ``conv``      attrs ``kernel`` (a Conv) and optionally ``refuse`` (a
               :class:`~reparam.kernel.Refusal`: why it may not be changed, e.g. a
               non-zero padding mode).
+``conv_transpose``  attrs ``kernel`` (a :class:`~reparam.kernel.ConvTranspose`) and
+              optionally ``refuse``.
 ``bn``        attrs ``mean, var, weight, bias, eps`` (inference form; also any
               per-channel affine ``y = a*x + b``) or ``refuse``; it normalises
               dimension 1 of its first input, whose type gives the rank.
@@ -51,7 +53,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 
-PURE_OPS = frozenset({"conv", "bn", "add", "identity", "constant", "meta"})
+PURE_OPS = frozenset({"conv", "conv_transpose", "bn", "add", "identity", "constant", "meta"})
 OPAQUE = "opaque"
 META = "meta"
 

@@ -30,6 +30,7 @@ import numpy as np
 __all__ = [
     "Conv", "Refusal", "KINDS", "from_bn", "identity", "avgpool", "pad", "pad_to",
     "add", "compose", "composed_shape", "scale_channels", "regroup", "undilate",
+    "ConvTranspose", "scale_outputs",
 ]
 
 
@@ -467,3 +468,76 @@ def _apply_to_constant(conv: Conv, value: np.ndarray) -> np.ndarray:
     for j in range(conv.groups):
         out[j * opg:(j + 1) * opg] = taps[j * opg:(j + 1) * opg] @ value[j * ipg:(j + 1) * ipg]
     return out
+
+
+@dataclass(frozen=True, eq=False)
+class ConvTranspose:
+    """A transposed convolution (the gradient of a conv with these parameters).
+
+    ``weight`` has shape ``(in, out/groups, *kernel)`` (torch's and ONNX's layout),
+    ``bias`` shape ``(out,)``; ``stride``, ``dilation``, ``output_padding`` one entry per
+    spatial dimension, ``pads[k] = (begin, end)`` the padding removed from the output.
+    Output channel ``o`` of group ``g`` is ``bias[o] + sum`` over the group's inputs ``i``
+    of ``weight[i, o - g*out/groups]`` scattered at the strided positions: linear in the
+    weights of each output channel.
+    """
+
+    weight: np.ndarray
+    bias: np.ndarray
+    stride: tuple[int, ...]
+    pads: tuple[tuple[int, int], ...]
+    dilation: tuple[int, ...]
+    output_padding: tuple[int, ...]
+    groups: int = 1
+
+    def __post_init__(self):
+        w = np.asarray(self.weight, dtype=np.float64)
+        object.__setattr__(self, "weight", w)
+        object.__setattr__(self, "bias", np.asarray(self.bias, dtype=np.float64).reshape(-1))
+        nd = w.ndim - 2
+        if nd < 1 or self.groups < 1 or w.shape[0] % self.groups:
+            raise ValueError(f"invalid transposed conv weight {w.shape} with groups={self.groups}")
+        if self.bias.shape != (w.shape[1] * self.groups,):
+            raise ValueError(f"bias shape {self.bias.shape} does not match "
+                             f"{w.shape[1] * self.groups} output channels")
+        for name in ("stride", "dilation", "output_padding"):
+            v = tuple(int(x) for x in getattr(self, name))
+            if len(v) != nd:
+                raise ValueError(f"{name} {v} invalid for a {nd}-d transposed conv")
+            object.__setattr__(self, name, v)
+        object.__setattr__(self, "pads", tuple((int(a), int(b)) for a, b in self.pads))
+
+    @property
+    def ndim(self) -> int:
+        return self.weight.ndim - 2
+
+    @property
+    def out_channels(self) -> int:
+        return self.weight.shape[1] * self.groups
+
+    @property
+    def in_channels(self) -> int:
+        return self.weight.shape[0]
+
+    def replace(self, **changes) -> "ConvTranspose":
+        fields = dict(weight=self.weight, bias=self.bias, stride=self.stride, pads=self.pads,
+                      dilation=self.dilation, output_padding=self.output_padding,
+                      groups=self.groups)
+        fields.update(changes)
+        return ConvTranspose(**fields)
+
+
+def scale_outputs(ct: ConvTranspose, scale, shift) -> ConvTranspose:
+    """``scale[o] * ct(x)[o] + shift[o]`` (e.g. a BatchNorm after it, see :func:`from_bn`) as
+    one transposed conv: output channel ``o``'s weights times ``scale[o]``, bias
+    ``scale[o] * bias[o] + shift[o]``. Always exact: each output channel is linear in its
+    own weights and bias, whatever the stride, padding and output padding."""
+    scale = np.asarray(scale, dtype=np.float64).reshape(-1)
+    shift = np.asarray(shift, dtype=np.float64).reshape(-1)
+    if scale.shape != (ct.out_channels,) or shift.shape != scale.shape:
+        raise ValueError(f"{scale.size} scales for {ct.out_channels} output channels")
+    g, opg = ct.groups, ct.weight.shape[1]
+    per_group = scale.reshape(g, 1, opg, *(1,) * ct.ndim)  # weight rows i of group j ...
+    ipg = ct.in_channels // g
+    w = (ct.weight.reshape(g, ipg, opg, *ct.weight.shape[2:]) * per_group).reshape(ct.weight.shape)
+    return ct.replace(weight=w, bias=scale * ct.bias + shift)

@@ -166,10 +166,11 @@ def kept_layers(graph: Graph, refused: list[Refused]) -> list[Kept]:
         why.setdefault(r.node, r)
     kept = []
     for n in graph:
-        if n.op == "conv" and not n.attrs.get("pad") and not n.attrs.get("pool"):
+        if n.op in ("conv", "conv_transpose") and not n.attrs.get("pad") \
+                and not n.attrs.get("pool"):
             r = why.get(n.name)
-            kept.append(Kept(n.name, "conv", r.kind, f"{r.rule}: {r.reason}") if r else
-                        Kept(n.name, "conv", "final", "nothing linear before, after or beside it "
+            kept.append(Kept(n.name, n.op, r.kind, f"{r.rule}: {r.reason}") if r else
+                        Kept(n.name, n.op, "final", "nothing linear before, after or beside it "
                              "to fold with"))
         elif n.op == "bn" and not n.attrs.get("affine"):
             r = why.get(n.name)

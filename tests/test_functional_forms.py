@@ -195,3 +195,16 @@ def test_functional_batchnorm_without_stored_statistics_stays():
     fused, report = fuse_same(M().double().eval(), X)
     [k] = [k for k in report.kept if k.op == "torch.nn.functional.batch_norm"]
     assert k.kind == "arguments"
+
+
+@pytest.mark.parametrize("nd, groups, stride, padding, output_padding", [
+    (2, 1, 2, 1, 1), (2, 3, 2, 0, 0), (1, 1, 3, 1, 2), (3, 2, 1, 1, 0)])
+def test_conv_transpose_then_batchnorm_folds(nd, groups, stride, padding, output_padding):
+    ct = getattr(nn, f"ConvTranspose{nd}d")(6, 6, 3, stride, padding, output_padding, groups)
+    norm = bn(6, getattr(nn, f"BatchNorm{nd}d"))
+    model = nn.Sequential(ct, norm).double().eval()
+    x = torch.randn((2, 6) + (5,) * nd, dtype=torch.float64)
+    fused, report = fuse_same(model, x, example_inputs=x)
+    assert report.fired["fold_conv_transpose_bn"] == 1
+    assert count(fused, nn.modules.batchnorm._BatchNorm) == 0
+    assert count(fused, nn.modules.conv._ConvTransposeNd) == 1

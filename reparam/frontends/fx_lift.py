@@ -54,6 +54,7 @@ from .fx_effects import Effects, has_hooks, known_class, signature as _signature
 from .fx_types import Types, dtype_name
 
 CONV_NDIM = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}
+CONV_TRANSPOSE_NDIM = {nn.ConvTranspose1d: 1, nn.ConvTranspose2d: 2, nn.ConvTranspose3d: 3}
 #: BatchNorm classes and the input ranks their forward accepts (None: any rank >= 2)
 _BN_RANKS = {nn.BatchNorm1d: (2, 3), nn.BatchNorm2d: (4,), nn.BatchNorm3d: (5,),
              nn.SyncBatchNorm: None}
@@ -67,7 +68,7 @@ _FUNCTIONAL_LAYERS = (F.conv1d, F.conv2d, F.conv3d, torch.conv1d, torch.conv2d, 
 
 
 _KNOWN = frozenset(CONV_NDIM) | frozenset(_BN_RANKS) | frozenset(_PAD_NDIM) \
-    | frozenset(_POOL_NDIM) | {nn.Identity, nn.Linear}
+    | frozenset(_POOL_NDIM) | frozenset(CONV_TRANSPOSE_NDIM) | {nn.Identity, nn.Linear}
 _CONV_FUNCTIONS = {torch.conv1d: 1, torch.conv2d: 2, torch.conv3d: 3}  # F.conv2d is torch.conv2d
 _POOL_FUNCTIONS = {F.avg_pool1d: 1, F.avg_pool2d: 2, F.avg_pool3d: 3}
 #: metadata of a tensor: what reading it depends on (see ``meta`` in :mod:`reparam.ir`)
@@ -188,6 +189,11 @@ class _Lifter:
                 return None, None  # features are the last dimension: dimension 1 only for (N, C)
             conv = Conv(_np(m.weight, 0, 0), _np(m.bias, m.out_features, 0.0), (), (), ())
             return ("conv", {"kernel": conv}), None
+        if cls in CONV_TRANSPOSE_NDIM:
+            if t.rank != CONV_TRANSPOSE_NDIM[cls] + 2:
+                return None, Refusal("rank", f"{cls.__name__} reads a rank-{t.rank} tensor, "
+                                             "not a batch (N, C, *spatial)")
+            return ("conv_transpose", lift_conv_transpose(m)), None
         if cls in CONV_NDIM:
             if t.rank != CONV_NDIM[cls] + 2:
                 return None, Refusal("rank", f"{cls.__name__} reads a rank-{t.rank} tensor, "
@@ -519,6 +525,17 @@ def lift_conv(m: nn.Module) -> dict:
     kernel_ = Conv(_np(m.weight, 0, 0), _np(m.bias, m.weight.shape[0], 0.0), tuple(m.stride),
                    _conv_pads(m), tuple(m.dilation), m.groups)
     attrs = {"kernel": kernel_}
+    if m.padding_mode != "zeros":
+        attrs["refuse"] = Refusal("padding-mode", f"padding_mode={m.padding_mode!r} is not zero "
+                                                  "padding")
+    return attrs
+
+
+def lift_conv_transpose(m: nn.Module) -> dict:
+    k = kernel.ConvTranspose(_np(m.weight, 0, 0), _np(m.bias, m.out_channels, 0.0),
+                             tuple(m.stride), tuple((p, p) for p in m.padding),
+                             tuple(m.dilation), tuple(m.output_padding), m.groups)
+    attrs = {"kernel": k}
     if m.padding_mode != "zeros":
         attrs["refuse"] = Refusal("padding-mode", f"padding_mode={m.padding_mode!r} is not zero "
                                                   "padding")

@@ -21,9 +21,10 @@ from torch import fx, nn
 
 from ..ir import Graph, Node
 from ..kernel import Conv
-from .fx_lift import CONV_NDIM
+from .fx_lift import CONV_NDIM, CONV_TRANSPOSE_NDIM
 
 _CONV_CLASS = {nd: cls for cls, nd in CONV_NDIM.items()}
+_CONV_TRANSPOSE_CLASS = {nd: cls for cls, nd in CONV_TRANSPOSE_NDIM.items()}
 
 
 def conv_module(conv: Conv, dtype: str, device: str | None) -> nn.Module:
@@ -113,6 +114,8 @@ def lower(graph: Graph, source: nn.Module, class_name: str) -> fx.GraphModule:
                 value[node].target = names[node.origin.target]
         elif node.op == "conv":
             value[node] = _emit_conv(out, node, value[node.inputs[0]], root, taken)
+        elif node.op == "conv_transpose":
+            value[node] = _emit_conv_transpose(out, node, value[node.inputs[0]], root, taken)
         elif node.op == "add":  # sum(c_i * x_i): + and - for coefficients 1 and -1
             coeffs = node.attrs.get("coeffs") or (1.0,) * len(node.inputs)
 
@@ -133,6 +136,22 @@ def lower(graph: Graph, source: nn.Module, class_name: str) -> fx.GraphModule:
     gm = fx.GraphModule(root, out, class_name=class_name)
     gm.training = False  # not .eval(): a module the frontend kept in training mode stays so
     return gm
+
+
+def _emit_conv_transpose(out: fx.Graph, node: Node, x: fx.Node, root: nn.Module,
+                         taken: set) -> fx.Node:
+    ct = node.attrs["kernel"]
+    name = _free_name(node.name.replace(".", "_"), taken)
+    taken.add(name)
+    dtype, device = node.type.dtype, node.type.device
+    m = _CONV_TRANSPOSE_CLASS[ct.ndim](
+        ct.in_channels, ct.out_channels, ct.weight.shape[2:], ct.stride,
+        tuple(b for b, _ in ct.pads), ct.output_padding, ct.groups, bias=True, dilation=ct.dilation,
+        device="meta")
+    m.weight = nn.Parameter(_tensor(ct.weight, dtype, device))
+    m.bias = nn.Parameter(_tensor(ct.bias, dtype, device))
+    root.add_module(name, m)
+    return out.call_module(name, (x,))
 
 
 def _emit_linear(out: fx.Graph, conv: Conv, x: fx.Node, root: nn.Module, name: str, dtype,

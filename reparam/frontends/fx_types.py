@@ -29,7 +29,8 @@ from .fx_effects import has_hooks, known_class
 
 #: module classes whose call fixes the rank of its input (channels: ``in_channels`` or
 #: ``num_features``)
-_FIXES_RANK = {nn.Conv1d: 3, nn.Conv2d: 4, nn.Conv3d: 5, nn.BatchNorm2d: 4, nn.BatchNorm3d: 5}
+_FIXES_RANK = {nn.Conv1d: 3, nn.Conv2d: 4, nn.Conv3d: 5, nn.ConvTranspose1d: 3,
+               nn.ConvTranspose2d: 4, nn.ConvTranspose3d: 5, nn.BatchNorm2d: 4, nn.BatchNorm3d: 5}
 #: module classes and functions that keep the rank and channels of their first input (a
 #: scalar operand at most), through which the justification looks for a layer that fixes them
 _KEEP_MODULES = frozenset({nn.BatchNorm1d, nn.Identity, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.SiLU,
@@ -120,7 +121,7 @@ def _conv_output(m: nn.Module, x: torch.Tensor):
 _SAME_TYPE = frozenset({nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
                         nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid,
                         nn.Sigmoid, nn.Tanh, nn.LeakyReLU, nn.Mish, nn.ELU})
-_CONVS = frozenset(_FIXES_RANK) - {nn.BatchNorm2d, nn.BatchNorm3d}
+_CONVS = frozenset({nn.Conv1d, nn.Conv2d, nn.Conv3d})
 _RULED = _SAME_TYPE | _CONVS
 
 
