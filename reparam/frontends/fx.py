@@ -40,6 +40,37 @@ class _Tracer(fx.Tracer):
         return (id(m) in self.leaf_ids or isinstance(m, self.leaf_types)
                 or super().is_leaf_module(m, qualname))
 
+    def _tables(self):
+        """The root's parameter and buffer names by tensor id (the first name of a shared one,
+        as fx's searches find it), made once: fx searches them all at every access, which is
+        quadratic in model size."""
+        if not hasattr(self, "_names"):
+            self._names = ({id(p): n for n, p in reversed(list(self.root.named_parameters()))},
+                           {id(b): n for n, b in reversed(list(self.root.named_buffers()))})
+        return self._names
+
+    def create_arg(self, a):
+        if isinstance(a, torch.Tensor) and type(a) in (torch.Tensor, nn.Parameter):
+            params, buffers = self._tables()
+            name = (params if isinstance(a, nn.Parameter) else buffers).get(id(a))
+            if name is not None:
+                return self.create_node("get_attr", name, (), {})
+        return super().create_arg(a)
+
+    def getattr(self, attr, attr_val, parameter_proxy_cache):
+        """fx's own lookup, with the names from :meth:`_tables`."""
+        if not isinstance(attr_val, torch.Tensor):
+            return attr_val
+        params, buffers = self._tables()
+        name = params.get(id(attr_val)) if isinstance(attr_val, nn.Parameter) else None
+        if name is None and self.proxy_buffer_attributes:
+            name = buffers.get(id(attr_val))
+        if name is None:
+            return attr_val
+        if name not in parameter_proxy_cache:
+            parameter_proxy_cache[name] = self.create_proxy("get_attr", name, (), {})
+        return parameter_proxy_cache[name]
+
 
 def trace(model: nn.Module, leaf_modules=(), concrete_args=None) -> fx.GraphModule:
     """The fx graph of ``model``; a GraphModule is used as it is (re-tracing would rename nodes)."""

@@ -123,6 +123,7 @@ _TORCH_BATCH_NORM = inspect.Signature([
         "eps", "cudnn_enabled")])
 
 
+@functools.lru_cache(maxsize=None)
 def signature(target) -> inspect.Signature:
     """The signature of a torch function (torch.batch_norm's, which has none, written out)."""
     return _TORCH_BATCH_NORM if target is torch.batch_norm else inspect.signature(target)
@@ -146,7 +147,7 @@ def _inplace_argument(target, args, kwargs) -> bool:
     if kwargs.get("inplace") is True:
         return True
     try:
-        bound = inspect.signature(target).bind(*args, **kwargs)
+        bound = signature(target).bind(*args, **kwargs)
     except (TypeError, ValueError):  # a builtin without signature: only keywords were seen
         return False
     return bound.arguments.get("inplace") is True

@@ -143,6 +143,12 @@ def _elementwise_output(target, args, kwargs):
                 isinstance(a, torch.Tensor) for a in list(args[1:]) + list(kwargs.values())):
             return x.new_empty(x.shape)
         return None
+    if target is F.batch_norm:  # in eval: a new tensor of its input's type
+        x = args[0] if args else None
+        training = args[5] if len(args) > 5 else kwargs.get("training", False)
+        if isinstance(x, torch.Tensor) and x.is_floating_point() and training is False:
+            return x.new_empty(x.shape)
+        return None
     if target not in _BINARY or kwargs or len(args) != 2:
         return None
     a, b = args
@@ -205,14 +211,17 @@ def _devices(gm: fx.GraphModule, inputs) -> set:
     return found | {str(x.device) for x in inputs if isinstance(x, (torch.Tensor, _Spec))}
 
 
-def _run(gm: fx.GraphModule, inputs, on_meta: bool) -> dict:
+def _run(gm: fx.GraphModule, inputs, on_meta: bool, cache: dict) -> dict:
     """Each node's result without data (per placeholder input: a tensor, whose shape, dtype
     and device are used, a :class:`_Spec`, or another value passed as it is): on the meta
     device (cheapest), or on fake tensors, which also model devices and what meta tensors
-    cannot run (tensors made inside the forward, for instance)."""
+    cannot run (tensors made inside the forward, for instance). ``cache``: meta copies of
+    stored tensors by id, shared by the runs."""
     if on_meta:
         def convert(t):
-            return torch.empty_like(t, device="meta")
+            if id(t) not in cache:
+                cache[id(t)] = (t, torch.empty_like(t, device="meta"))  # t: keeps its id unique
+            return cache[id(t)][1]
 
         def make(x):
             return torch.empty(x.shape, dtype=x.dtype, device="meta")
@@ -242,10 +251,11 @@ def _run_all(gm: fx.GraphModule, runs) -> tuple[list, str | None]:
     devices = set().union(*(_devices(gm, r) for r in runs))
     if len(devices) == 1:
         try:
-            return [_run(gm, r, on_meta=True) for r in runs], devices.pop()
+            cache: dict = {}
+            return [_run(gm, r, True, cache) for r in runs], devices.pop()
         except Exception:  # e.g. a tensor made on the CPU inside the forward: try fake ones
             pass
-    return [_run(gm, r, on_meta=False) for r in runs], None
+    return [_run(gm, r, False, {}) for r in runs], None
 
 
 @contextlib.contextmanager
