@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 
 import reparam
-from reparam.models import WIDTHS, convert_to_deploy, repghostnet
+from reparam.models import WIDTHS, convert_to_deploy, realistic_bn_, repghostnet
 
 CHECKPOINT_KEYS = ("state_dict_ema", "state_dict", "model")
 FUSE_WARM_CALLS = 3
@@ -66,23 +66,6 @@ def load_checkpoint(model, path):
 
 
 @torch.no_grad()
-def realistic_bn_(model, image_size, steps, generator):
-    """Randomize every BN's affine parameters, then estimate its running stats
-    as the cumulative average over ``steps`` train-mode passes on random data."""
-    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    for bn in bns:
-        bn.weight.copy_(0.5 + torch.rand(bn.num_features, generator=generator))
-        bn.bias.copy_(0.1 * torch.randn(bn.num_features, generator=generator))
-        bn.reset_running_stats()
-        bn.momentum = None  # cumulative moving average
-    model.train()
-    for _ in range(steps):
-        model(torch.randn(8, 3, image_size, image_size, generator=generator))
-    for bn in bns:
-        bn.momentum = 0.1
-    return model.eval()
-
-
 def op_counts(model):
     """Conv, BN and Add nodes of ``model``'s torch.fx graph, and its parameter count."""
     graph_module = model if isinstance(model, torch.fx.GraphModule) else torch.fx.symbolic_trace(model)
@@ -151,7 +134,8 @@ def main(argv=None):
         source = f"weights from {args.checkpoint}"
     else:
         start = time.perf_counter()
-        realistic_bn_(model, args.calib_size, args.calib_steps, generator)
+        realistic_bn_(model, lambda g: torch.randn(8, 3, args.calib_size, args.calib_size,
+                                                   generator=g), args.calib_steps, generator)
         source = (f"random weights, BN affine randomized, BN stats from {args.calib_steps} train-mode "
                   f"passes (batch 8, {args.calib_size}x{args.calib_size}) in {time.perf_counter() - start:.1f} s")
     model.eval()

@@ -1,6 +1,8 @@
 """Identity removal and dead-node cleanup."""
 from __future__ import annotations
 
+import numpy as np
+
 from reparam.ir import PURE_OPS
 from reparam.rewrite import rule
 
@@ -8,6 +10,19 @@ from reparam.rewrite import rule
 @rule("identity")
 def drop_identity(graph, node):
     """``identity(x)`` is ``x``: its users read ``x`` directly."""
+    graph.replace(node, node.inputs[0])
+    return True
+
+
+@rule("bn")
+def drop_noop_affine(graph, node):
+    """A per-channel affine that changes nothing (``x + 0``, ``x * 1``, as ``out = 0`` then
+    ``out += branch`` writes a sum) is ``x``, unless something changes its result in place
+    (the result is a new tensor: changing it in place does not change ``x``)."""
+    a = node.attrs
+    if not a.get("affine") or np.any(a["weight"] != 1) or np.any(a["bias"] != 0) \
+            or node.inputs[0].type != node.type or graph.mutated(node):
+        return None
     graph.replace(node, node.inputs[0])
     return True
 

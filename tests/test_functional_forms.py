@@ -208,3 +208,46 @@ def test_conv_transpose_then_batchnorm_folds(nd, groups, stride, padding, output
     assert report.fired["fold_conv_transpose_bn"] == 1
     assert count(fused, nn.modules.batchnorm._BatchNorm) == 0
     assert count(fused, nn.modules.conv._ConvTransposeNd) == 1
+
+
+class MobileOneLike(nn.Module):
+    """``out = 0``, then ``out += branch`` (the way timm's MobileOneBlock sums its branches),
+    and a layer scale applied through a view of its parameter (timm's LayerScale2d)."""
+
+    def __init__(self, c=6, inplace_after=False):
+        super().__init__()
+        self.identity = bn(c)
+        self.convs = nn.ModuleList(nn.Sequential(nn.Conv2d(c, c, 3, padding=1, bias=False), bn(c))
+                                   for _ in range(2))
+        self.gamma = nn.Parameter(torch.rand(c, dtype=torch.float64) + 0.5)
+        self.inplace_after = inplace_after
+
+    def forward(self, x):
+        out = 0
+        out += self.identity(x)
+        for conv in self.convs:
+            out += conv(x)
+        y = out * self.gamma.view(1, -1, 1, 1)
+        return y.relu_() if self.inplace_after else y
+
+
+def test_sum_from_zero_and_viewed_layer_scale_fold():
+    fused, report = fuse_same(MobileOneLike().double().eval(), X)
+    assert count(fused, nn.Conv2d) == 1 and count(fused, nn.BatchNorm2d) == 0
+    assert report.fired["drop_noop_affine"] == 1
+    assert not any(n.op == "call_method" and n.target == "view" for n in fused.graph.nodes)
+
+
+def test_noop_affine_whose_result_changes_in_place_stays():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(6, 6, 1)
+
+        def forward(self, x):
+            y = x + 0  # a new tensor: relu_ on it must not change x
+            y.relu_()
+            return self.conv(x) + y
+
+    fused, report = fuse_same(M().double().eval(), X)
+    assert report.fired["drop_noop_affine"] == 0

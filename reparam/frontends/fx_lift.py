@@ -73,6 +73,16 @@ _CONV_FUNCTIONS = {torch.conv1d: 1, torch.conv2d: 2, torch.conv3d: 3}  # F.conv2
 _POOL_FUNCTIONS = {F.avg_pool1d: 1, F.avg_pool2d: 2, F.avg_pool3d: 3}
 #: metadata of a tensor: what reading it depends on (see ``meta`` in :mod:`reparam.ir`)
 _RANK_ATTRS = frozenset({"ndim", "dtype", "device", "is_cuda", "layout", "is_quantized"})
+#: pure functions and Tensor methods that the lifter evaluates when all their tensor operands
+#: are constants (a layer scale ``gamma.view(1, -1, 1, 1)``, ``1 / std``, ...)
+_CONSTANT_FUNCTIONS = frozenset({operator.add, operator.sub, operator.mul, operator.truediv,
+                                 operator.neg, torch.reshape, torch.flatten, torch.unsqueeze,
+                                 torch.squeeze, torch.sqrt, torch.rsqrt, torch.exp, torch.abs,
+                                 torch.reciprocal})
+_CONSTANT_METHODS = frozenset({"view", "reshape", "unsqueeze", "squeeze", "flatten", "permute",
+                               "transpose", "contiguous", "clone", "detach", "float", "double",
+                               "half", "neg", "reciprocal", "sqrt", "rsqrt", "exp", "abs", "add",
+                               "sub", "mul", "div", "view_as", "reshape_as", "expand_as", "to"})
 _RANK_METHODS = frozenset({"dim", "ndimension", "is_floating_point", "is_complex", "get_device"})
 _SHAPE_METHODS = frozenset({"size", "numel"})
 def _sig(*names, **keyword_only) -> inspect.Signature:
@@ -131,6 +141,7 @@ class _Lifter:
     def __init__(self, gm: fx.GraphModule, types: Types, effects: Effects):
         self.gm, self.types, self.effects = gm, types, effects
         self.modules = dict(gm.named_modules())
+        self.constants: dict = {}  # fx node -> its constant value, or None
 
     # --- modules ------------------------------------------------------------------
     def module_refusal(self, m: nn.Module, x) -> Refusal | None:
@@ -265,7 +276,7 @@ class _Lifter:
         out = types.get(node)
         if out is None or not out.is_float:
             return None
-        computed = [isinstance(v, fx.Node) and v.op != "get_attr" for v in (a, b)]
+        computed = [isinstance(v, fx.Node) and self.stored(v) is None for v in (a, b)]
         if all(computed):
             ta, tb = types.get(a), types.get(b)
             if kind not in ("add", "sub") or ta != out or tb != out \
@@ -322,13 +333,42 @@ class _Lifter:
         return None if reads is None else ("meta", {"reads": reads}, [x])
 
     def stored(self, c) -> torch.Tensor | None:
-        """The stored real floating-point tensor a get_attr node reads, if nothing changes it."""
-        if isinstance(c, fx.Node) and c.op == "get_attr":
+        """The real floating-point tensor an fx node always has: a stored tensor nothing
+        changes (get_attr), or a view or elementwise function of such tensors and numbers
+        (:data:`_CONSTANT_FUNCTIONS`, :data:`_CONSTANT_METHODS`), computed here."""
+        if not isinstance(c, fx.Node):
+            return None
+        if c not in self.constants:
+            self.constants[c] = self._evaluate(c)
+        return self.constants[c]
+
+    def _evaluate(self, c: fx.Node) -> torch.Tensor | None:
+        if c.op == "get_attr":
             t = _getattr_path(self.gm, c.target)
-            if isinstance(t, torch.Tensor) and t.is_floating_point() and not t.is_quantized \
-                    and id(t) not in self.effects.mutated_tensors:
-                return t
-        return None
+            ok = isinstance(t, torch.Tensor) and t.is_floating_point() and not t.is_quantized \
+                and id(t) not in self.effects.mutated_tensors
+            return t if ok else None
+        known = c.target in _CONSTANT_FUNCTIONS if c.op == "call_function" else \
+            c.target in _CONSTANT_METHODS if c.op == "call_method" else False
+        if not known or self.effects.mutates.get(c):
+            return None
+        args = []
+        for a in list(c.args) + list(c.kwargs.values()):
+            if isinstance(a, fx.Node):
+                if self.stored(a) is None:
+                    return None
+            elif not (_number(a) or a is None or isinstance(a, (torch.dtype, str)) or
+                      isinstance(a, (tuple, list)) and all(_number(i) for i in a)):
+                return None
+        env = lambda a: self.stored(a) if isinstance(a, fx.Node) else a  # noqa: E731
+        args, kwargs = fx.node.map_arg(c.args, env), fx.node.map_arg(c.kwargs, env)
+        with torch.no_grad():
+            try:
+                t = getattr(args[0], c.target)(*args[1:], **kwargs) if c.op == "call_method" \
+                    else c.target(*args, **kwargs)
+            except Exception:
+                return None
+        return t if isinstance(t, torch.Tensor) and t.is_floating_point() else None
 
     def _operands(self, args: dict, x_key: str, tensor_keys: tuple, nd: int | None):
         """The typed input ``args[x_key]`` of rank ``nd + 2`` (any rank >= 2 for None) and the
@@ -471,6 +511,8 @@ class _Lifter:
             return OPAQUE, attrs, list(node.all_input_nodes)
         if node.op == "get_attr":
             return "constant", {}, []
+        if node.op in ("call_function", "call_method") and self.stored(node) is not None:
+            return "constant", {}, list(node.all_input_nodes)
         lifted = self.call(node) if node.op in ("call_function", "call_method") else None
         if lifted is not None and not isinstance(lifted, Refusal):
             return lifted

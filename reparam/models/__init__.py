@@ -1,4 +1,5 @@
 """Reference networks for the re-parameterization compiler."""
+from .calibrate import realistic_bn_
 from .repghost import (
     REPARAM_VARIANTS,
     WIDTHS,
@@ -22,5 +23,6 @@ __all__ = [
     "SqueezeExcite",
     "convert_to_deploy",
     "randomize_bn_",
+    "realistic_bn_",
     "repghostnet",
 ]
