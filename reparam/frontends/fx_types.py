@@ -1,17 +1,22 @@
-"""Types for the torch.fx frontend: shape propagation on fake tensors.
+"""Types for the torch.fx frontend: shape propagation without data.
 
-:func:`propagate` runs a traced GraphModule node by node on fake tensors
-(``FakeTensorMode``: shapes, dtypes and devices, no data, no compute) and
-returns the :class:`~reparam.ir.TensorType` of every value, as the IR needs
-them. The module's parameters and buffers are swapped for fake copies while it
-runs, so nothing the forward does in place reaches them.
+:func:`propagate` runs a traced GraphModule node by node on the meta device (or,
+where that cannot run, on fake tensors: shapes, dtypes and devices, no data, no
+compute; conv, BatchNorm, activation and elementwise calls are not even run,
+their result types follow from torch's size, broadcasting and promotion rules)
+and returns the :class:`~reparam.ir.TensorType` of every value, as the IR needs
+them. The module's parameters and buffers are swapped for data-less copies
+while it runs, so nothing the forward does in place reaches them.
 
-The inputs are the caller's ``example_inputs`` (one run at their shapes) or,
-without them, inputs the frontend can justify from the graph (see
-:func:`justified_inputs`: the layer that first reads each input fixes its rank
-and channels), run at two sizes: a size that differs between the runs is
-dynamic (None) in the type. A model that cannot be run so gets no types, and
-nothing that needs a type is folded (the report says why).
+The inputs are the caller's ``example_inputs`` or, without them, inputs the
+frontend can justify from the graph (see :func:`justified_inputs`: the layer
+that first reads each input fixes its rank and channels) at batch 2 and a
+spatial size of 67 (or 224 where the model needs that): a prime, so that sizes
+derived from it do not coincide by accident (an operand of size 1 beside one of
+another size, which would broadcast, shows up as such). ``propagate`` also
+takes several runs: a size that differs between them is dynamic (None) in the
+type. A model that cannot be run so gets no types, and nothing that needs a
+type is folded (the report says why).
 """
 from __future__ import annotations
 
@@ -41,9 +46,8 @@ _KEEP_MODULES = frozenset({nn.BatchNorm1d, nn.Identity, nn.ReLU, nn.ReLU6, nn.Le
 _JUSTIFYING = frozenset(_FIXES_RANK) | _KEEP_MODULES
 _KEEP_FUNCTIONS = frozenset({operator.add, operator.sub, operator.mul, operator.truediv,
                              torch.relu, torch.sigmoid, torch.tanh, torch.nn.functional.relu})
-#: spatial sizes and batch sizes of the justified runs, tried in order: one pair of runs
-#: (so that sizes which vary are told from sizes which do not), else one run
-_RUNS = (((1, 64), (2, 96)), ((1, 224), (2, 256)), ((1, 224),))
+#: (batch, spatial size) of the justified run, tried in order (see the module docstring)
+_RUNS = (((2, 67),), ((2, 224),), ((1, 224),))
 
 
 @dataclass
