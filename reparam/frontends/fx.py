@@ -78,6 +78,12 @@ def trace(model: nn.Module, leaf_modules=(), concrete_args=None) -> fx.GraphModu
         return model
     tracer = _Tracer(leaf_modules)
     graph = tracer.trace(model, concrete_args)
+    if concrete_args:  # fx names a bound argument's placeholder "<name>_1": callers pass
+        import inspect   # it by its own name
+
+        names = list(inspect.signature(model.forward).parameters)
+        for node, name in zip((n for n in graph.nodes if n.op == "placeholder"), names):
+            node.target = name
     return _graph_module(tracer.root, graph, type(model).__name__)
 
 
@@ -219,8 +225,11 @@ def fuse_parts(model: nn.Module, rules, leaf_modules=(), calls=None):
     def visit(module: nn.Module, prefix: str):
         for name, child in list(module.named_children()):
             path = prefix + name
+            if isinstance(child, _CONTAINERS):  # its parent may iterate or index it
+                visit(child, path + ".")
+                continue
             try:
-                traced = trace(child, leaf_modules)
+                traced = trace(child, leaf_modules, constant_defaults(child))
             except Exception as e:
                 report.notes.append(f"skipped {path} ({type(child).__name__}): {_first_line(e)}")
                 visit(child, path + ".")
@@ -234,10 +243,45 @@ def fuse_parts(model: nn.Module, rules, leaf_modules=(), calls=None):
             report.kept += [dataclasses.replace(k, node=f"{path}.{k.node}") for k in part.kept]
             report.notes += [f"{path}: {n}" for n in part.notes]
             if part.fired:
+                keep_attributes(fused, child)
                 setattr(module, name, fused)
 
     visit(model, "")
     return model, report
+
+
+#: children fused element by element: an untraceable parent may iterate or index them
+_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+_PLAIN = (bool, int, float, str, type(None))
+
+
+def constant_defaults(module: nn.Module) -> dict | None:
+    """The forward's arguments with a plain default (a flag, a number, a string, None), bound
+    to it for tracing the module as a root: ``forward(x, activate=True)`` traces only so.
+    torch.fx guards each bound value: a call with another value raises."""
+    import inspect
+
+    if isinstance(module, fx.GraphModule):
+        return None
+    try:
+        params = inspect.signature(module.forward).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    bound = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty
+             and isinstance(p.default, _PLAIN) and p.kind in (p.POSITIONAL_OR_KEYWORD,
+                                                             p.KEYWORD_ONLY)}
+    return bound or None
+
+
+def keep_attributes(fused: nn.Module, original: nn.Module) -> None:
+    """Give ``fused`` (a GraphModule replacing ``original``) the plain attributes of
+    ``original`` that code around it may read, e.g. the layer indices a detector's forward
+    routes tensors by (``m.f``, ``m.i``, ``m.type``)."""
+    internal = set(nn.Module().__dict__)
+    for key, value in vars(original).items():
+        if key not in internal and not hasattr(fused, key) and not isinstance(
+                value, (nn.Module, torch.Tensor)):
+            setattr(fused, key, value)
 
 
 def verify(reference: nn.Module, fused: nn.Module, example_inputs, rtol: float | None = None):
