@@ -125,16 +125,30 @@ def new_conv(graph: Graph, source: Node, conv, like: Node, readers: list[Node],
              type: TensorType | None, folded=(), op: str = "conv") -> Node:
     """Insert a conv node reading ``source``, named after ``like``, computing a value of
     ``type`` (that of the value it replaces), right before the first of ``readers``
-    (``op`` "conv_transpose" for a :class:`~reparam.kernel.ConvTranspose`).
+    (``op`` "conv_transpose" for a :class:`~reparam.kernel.ConvTranspose`); see
+    :func:`new_layer`."""
+    if op == "conv" and conv.ndim == 0 and conv.groups != 1 and not conv.groups == \
+            conv.in_channels == conv.out_channels:
+        raise RefuseFold(Refusal("unsupported", f"{like.name}: a grouped linear layer (only "
+                                                "dense and per-channel ones are built)"))
+    return new_layer(graph, op, source, {"kernel": conv}, (conv.weight, conv.bias), like,
+                     readers, type, folded)
 
-    ``readers`` are the nodes whose reads of ``source`` the new conv stands for;
+
+def new_layer(graph: Graph, op: str, source: Node, attrs: dict, arrays, like: Node,
+              readers: list[Node], type: TensorType | None, folded=()) -> Node:
+    """Insert a node ``op`` with ``attrs`` reading ``source``, named after ``like``, computing
+    a value of ``type`` (that of the value it replaces), right before the first of
+    ``readers``; ``arrays`` are its weights.
+
+    ``readers`` are the nodes whose reads of ``source`` the new node stands for;
     ``folded`` the ``(node, same_shape)`` the fold removes besides the one it
-    replaces: their metadata reads move to the new conv (``same_shape``: that
-    node's output has the new conv's shape, so a read of its shape may move too).
+    replaces: their metadata reads move to the new node (``same_shape``: that
+    node's output has the new node's shape, so a read of its shape may move too).
     Raises :class:`~reparam.rewrite.RefuseFold` (before touching the graph) when
     something may change ``source`` in place between those reads and the new one,
-    when a metadata read of a folded node cannot move, or when a folded weight or
-    bias would overflow the dtype: Inf is never written.
+    when a metadata read of a folded node cannot move, or when a folded weight
+    would overflow the dtype: Inf is never written.
     """
     first, last = min(readers, key=lambda r: r.pos), max(readers, key=lambda r: r.pos)
     mutator = graph.mutation_between(source, first.pos, last.pos)
@@ -142,23 +156,20 @@ def new_conv(graph: Graph, source: Node, conv, like: Node, readers: list[Node],
         raise RefuseFold(Refusal("effects", f"{mutator} may change {source.name} in place "
                                             f"between its reads by {first.name} and "
                                             f"{last.name}"))
-    if op == "conv" and conv.ndim == 0 and conv.groups != 1 and not conv.groups == conv.in_channels == \
-            conv.out_channels:
-        raise RefuseFold(Refusal("unsupported", f"{like.name}: a grouped linear layer (only "
-                                                "dense and per-channel ones are built)"))
     for node, same_shape in folded:
         blocker = graph.meta_blocker(node, type, same_shape)
         if blocker is not None:
             raise RefuseFold(Refusal("shared", f"{blocker.name} reads the metadata of "
-                                               f"{node.name}, which the folded conv does not have"))
+                                               f"{node.name}, which the folded layer does not "
+                                               "have"))
     dtype = type.dtype if type is not None else None
     limit = DTYPE_MAX.get(dtype)
-    largest = max(_abs_max(conv.weight), _abs_max(conv.bias))
+    largest = max(_abs_max(a) for a in arrays)
     if limit is not None and not largest <= limit:  # also catches NaN
         raise RefuseFold(Refusal("overflow", f"folded weights of {like.name} overflow {dtype} "
                                              f"(largest magnitude {largest:.3g})", warn=True))
-    new = graph.add(op, [source], {"kernel": conv}, name=like.name,
-                    before=graph.earliest(readers), type=type)
+    new = graph.add(op, [source], attrs, name=like.name, before=graph.earliest(readers),
+                    type=type)
     for node, _ in folded:
         graph.move_meta(node, new)
     return new

@@ -25,6 +25,8 @@ Ops the passes understand (``PURE_OPS``; they have no side effects):
 ``bn``        attrs ``mean, var, weight, bias, eps`` (inference form; also any
               per-channel affine ``y = a*x + b``) or ``refuse``; it normalises
               dimension 1 of its first input, whose type gives the rank.
+``group_norm``  attrs ``groups, eps, weight, bias``: GroupNorm over dimension 1 of its
+              input, then the per-channel affine ``weight * x + bias``.
 ``add``       elementwise weighted sum ``sum(coeffs[i] * inputs[i])`` (same types;
               attr ``coeffs``, all 1 when absent).
 ``identity``  returns its input (the same tensor).
@@ -53,7 +55,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 
-PURE_OPS = frozenset({"conv", "conv_transpose", "bn", "add", "identity", "constant", "meta"})
+PURE_OPS = frozenset({"conv", "conv_transpose", "bn", "group_norm", "add", "identity",
+                      "constant", "meta"})
 OPAQUE = "opaque"
 META = "meta"
 

@@ -2,6 +2,7 @@
 F.batch_norm with stored statistics, F.avg_pool*d, F.linear / nn.Linear on (N, C), metadata
 reads such as ``torch._assert(x.ndim == 4)``, BatchNorm subclasses traced through."""
 import copy
+import operator
 
 import pytest
 import torch
@@ -251,3 +252,29 @@ def test_noop_affine_whose_result_changes_in_place_stays():
 
     fused, report = fuse_same(M().double().eval(), X)
     assert report.fired["drop_noop_affine"] == 0
+
+
+@pytest.mark.parametrize("after", ["layer_scale", "depthwise_1x1", "batchnorm"])
+def test_per_channel_affine_after_group_norm_folds_into_it(after):
+    """RIFormer / PoolFormer style: GroupNorm(1, C), then a per-channel affine."""
+    norm = nn.GroupNorm(1, 6)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.normal_()
+    tail = {"layer_scale": None, "depthwise_1x1": nn.Conv2d(6, 6, 1, groups=6),
+            "batchnorm": bn(6)}[after]
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm, self.tail = norm, tail
+            self.scale = nn.Parameter(torch.rand(6, 1, 1) + 0.5)
+
+        def forward(self, x):
+            y = self.norm(x)
+            return y * self.scale - 0.25 if self.tail is None else self.tail(y)
+
+    fused, report = fuse_same(M().double().eval(), X, example_inputs=X)
+    assert report.fired["fold_affine_into_norm"] >= 1
+    assert count(fused, nn.GroupNorm) == 1 and count(fused, nn.Conv2d, nn.BatchNorm2d,
+                                                     operator.mul) == 0

@@ -68,7 +68,8 @@ _FUNCTIONAL_LAYERS = (F.conv1d, F.conv2d, F.conv3d, torch.conv1d, torch.conv2d, 
 
 
 _KNOWN = frozenset(CONV_NDIM) | frozenset(_BN_RANKS) | frozenset(_PAD_NDIM) \
-    | frozenset(_POOL_NDIM) | frozenset(CONV_TRANSPOSE_NDIM) | {nn.Identity, nn.Linear}
+    | frozenset(_POOL_NDIM) | frozenset(CONV_TRANSPOSE_NDIM) | {nn.Identity, nn.Linear,
+                                                                  nn.GroupNorm}
 _CONV_FUNCTIONS = {torch.conv1d: 1, torch.conv2d: 2, torch.conv3d: 3}  # F.conv2d is torch.conv2d
 _POOL_FUNCTIONS = {F.avg_pool1d: 1, F.avg_pool2d: 2, F.avg_pool3d: 3}
 #: metadata of a tensor: what reading it depends on (see ``meta`` in :mod:`reparam.ir`)
@@ -195,6 +196,12 @@ class _Lifter:
         t = self.types.get(x)
         if cls is nn.Identity:
             return ("identity", {}), None
+        if cls is nn.GroupNorm:
+            if t.rank < 2 or t.channels != m.num_channels:
+                return None, None
+            c = m.num_channels
+            return ("group_norm", {"groups": m.num_groups, "eps": float(m.eps),
+                                   "weight": _np(m.weight, c, 1.0), "bias": _np(m.bias, c, 0.0)}), None
         if cls is nn.Linear:
             if t.rank != 2:
                 return None, None  # features are the last dimension: dimension 1 only for (N, C)

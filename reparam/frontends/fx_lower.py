@@ -114,6 +114,8 @@ def lower(graph: Graph, source: nn.Module, class_name: str) -> fx.GraphModule:
                 value[node].target = names[node.origin.target]
         elif node.op == "conv":
             value[node] = _emit_conv(out, node, value[node.inputs[0]], root, taken)
+        elif node.op == "group_norm":
+            value[node] = _emit_group_norm(out, node, value[node.inputs[0]], root, taken)
         elif node.op == "conv_transpose":
             value[node] = _emit_conv_transpose(out, node, value[node.inputs[0]], root, taken)
         elif node.op == "add":  # sum(c_i * x_i): + and - for coefficients 1 and -1
@@ -150,6 +152,19 @@ def _emit_conv_transpose(out: fx.Graph, node: Node, x: fx.Node, root: nn.Module,
         device="meta")
     m.weight = nn.Parameter(_tensor(ct.weight, dtype, device))
     m.bias = nn.Parameter(_tensor(ct.bias, dtype, device))
+    root.add_module(name, m)
+    return out.call_module(name, (x,))
+
+
+def _emit_group_norm(out: fx.Graph, node: Node, x: fx.Node, root: nn.Module,
+                     taken: set) -> fx.Node:
+    a = node.attrs
+    name = _free_name(node.name.replace(".", "_"), taken)
+    taken.add(name)
+    dtype, device = node.type.dtype, node.type.device
+    m = nn.GroupNorm(a["groups"], len(a["weight"]), a["eps"], device="meta")
+    m.weight = nn.Parameter(_tensor(a["weight"], dtype, device))
+    m.bias = nn.Parameter(_tensor(a["bias"], dtype, device))
     root.add_module(name, m)
     return out.call_module(name, (x,))
 
