@@ -168,9 +168,10 @@ def kept_layers(graph: Graph, refused: list[Refused]) -> list[Kept]:
     for n in graph:
         if n.op in ("conv", "conv_transpose") and not n.attrs.get("pad") \
                 and not n.attrs.get("pool"):
-            r = why.get(n.name)
-            kept.append(Kept(n.name, n.op, r.kind, f"{r.rule}: {r.reason}") if r else
-                        Kept(n.name, n.op, "final", "nothing linear before, after or beside it "
+            r, k = why.get(n.name), n.attrs.get("kernel")
+            op = "linear" if k is not None and k.ndim == 0 else n.op
+            kept.append(Kept(n.name, op, r.kind, f"{r.rule}: {r.reason}") if r else
+                        Kept(n.name, op, "final", "nothing linear before, after or beside it "
                              "to fold with"))
         elif n.op == "bn" and not n.attrs.get("affine"):
             r = why.get(n.name)
