@@ -125,7 +125,10 @@ def _np(t: torch.Tensor | None, n: int, fill: float) -> np.ndarray:
     """``t`` as a float64 numpy copy (never a view of the model's memory); ``fill`` if None."""
     if t is None:
         return np.full(n, fill)
-    return t.detach().to("cpu", torch.float64).numpy().copy()
+    t = t.detach()
+    if t.device.type == "cpu" and t.dtype in (torch.float32, torch.float16):
+        return t.numpy().astype(np.float64)  # the conversion is the copy
+    return t.to("cpu", torch.float64).numpy().copy()
 
 
 def _number(v) -> bool:
