@@ -1,4 +1,4 @@
-"""Conv followed by BatchNorm -> one conv."""
+"""Conv (or transposed conv) followed by BatchNorm -> one conv."""
 from __future__ import annotations
 
 from reparam import kernel
@@ -10,16 +10,18 @@ from .common import bn_kernel, conv_kernel, new_conv, other_users
 
 @rule("bn")
 def fold_conv_bn(graph, bn):
-    """Conv -> BatchNorm(inference) becomes one conv.
+    """Conv (or ConvTranspose) -> BatchNorm(inference) (or a per-channel affine) becomes one
+    conv (one ConvTranspose).
 
     With ``a = gamma / sqrt(var + eps)``: ``W'[o] = a[o] W[o]`` and
-    ``b'[o] = a[o] (b[o] - mean[o]) + beta[o]``; BN is pointwise, so this is
-    :func:`reparam.kernel.compose` with no padding on the second conv: exact.
-    Refused when the conv's output is read by anything else (the conv would
+    ``b'[o] = a[o] (b[o] - mean[o]) + beta[o]``; BN is pointwise, so for a conv this is
+    :func:`reparam.kernel.compose` with no padding on the second conv, for a transposed
+    conv :func:`reparam.kernel.scale_outputs`: exact for any stride, padding, dilation
+    and groups. Refused when the conv's output is read by anything else (the conv would
     have to stay, so nothing is saved).
     """
     conv = bn.inputs[0]
-    if conv.op != "conv":
+    if conv.op not in ("conv", "conv_transpose"):
         return None
     k = conv_kernel(conv)
     if not k:
@@ -30,7 +32,8 @@ def fold_conv_bn(graph, bn):
     if len(conv.data_users) > 1:
         return Refusal("shared", f"conv {conv.name} output is also read by "
                                  f"{', '.join(other_users(conv, bn))}")
-    folded = kernel.compose(k, scale)
+    folded = kernel.compose(k, scale) if conv.op == "conv" else \
+        kernel.scale_outputs(k, scale.weight.reshape(-1), scale.bias)
     graph.replace(bn, new_conv(graph, conv.inputs[0], folded, conv, readers=[conv],
-                               type=bn.type, folded=[(conv, True)]))
+                               type=bn.type, folded=[(conv, True)], op=conv.op))
     return True

@@ -574,19 +574,18 @@ def _conv_pads(m: nn.Module) -> tuple[tuple[int, int], ...]:
 
 
 def lift_conv(m: nn.Module) -> dict:
-    kernel_ = Conv(_np(m.weight, 0, 0), _np(m.bias, m.weight.shape[0], 0.0), tuple(m.stride),
-                   _conv_pads(m), tuple(m.dilation), m.groups)
-    attrs = {"kernel": kernel_}
-    if m.padding_mode != "zeros":
-        attrs["refuse"] = Refusal("padding-mode", f"padding_mode={m.padding_mode!r} is not zero "
-                                                  "padding")
-    return attrs
+    return _kernel_attrs(m, Conv(_np(m.weight, 0, 0), _np(m.bias, m.weight.shape[0], 0.0),
+                                 tuple(m.stride), _conv_pads(m), tuple(m.dilation), m.groups))
 
 
 def lift_conv_transpose(m: nn.Module) -> dict:
-    k = kernel.ConvTranspose(_np(m.weight, 0, 0), _np(m.bias, m.out_channels, 0.0),
-                             tuple(m.stride), tuple((p, p) for p in m.padding),
-                             tuple(m.dilation), tuple(m.output_padding), m.groups)
+    return _kernel_attrs(m, kernel.ConvTranspose(
+        _np(m.weight, 0, 0), _np(m.bias, m.out_channels, 0.0), tuple(m.stride),
+        tuple((p, p) for p in m.padding), tuple(m.dilation), tuple(m.output_padding), m.groups))
+
+
+def _kernel_attrs(m: nn.Module, k) -> dict:
+    """The attrs of a lifted conv-like module: its kernel, and why it may not change."""
     attrs = {"kernel": k}
     if m.padding_mode != "zeros":
         attrs["refuse"] = Refusal("padding-mode", f"padding_mode={m.padding_mode!r} is not zero "
