@@ -278,3 +278,43 @@ def test_per_channel_affine_after_group_norm_folds_into_it(after):
     assert report.fired["fold_affine_into_norm"] >= 1
     assert count(fused, nn.GroupNorm) == 1 and count(fused, nn.Conv2d, nn.BatchNorm2d,
                                                      operator.mul) == 0
+
+
+class ConvDropoutBN(nn.Module):
+    """Dropout between a conv and its BatchNorm, and on a parallel branch: the identity at
+    inference, as a module and as F.dropout(training=self.training)."""
+
+    def __init__(self, drop, c=6):
+        super().__init__()
+        self.conv, self.bn, self.drop = nn.Conv2d(c, c, 3, padding=1), bn(c), drop
+        self.conv1, self.bn1 = nn.Conv2d(c, c, 1), bn(c)
+
+    def forward(self, x):
+        main = self.bn(self.drop(self.conv(x)))
+        side = self.bn1(F.dropout(self.conv1(x), 0.3, self.training))
+        return main + side + F.dropout2d(x, 0.1, training=False)
+
+
+@pytest.mark.parametrize("drop", [nn.Dropout(0.5), nn.Dropout2d(0.2), nn.AlphaDropout(0.1),
+                                  nn.FeatureAlphaDropout(0.1)], ids=lambda d: type(d).__name__)
+def test_dropout_at_inference_is_the_identity(drop):
+    model = ConvDropoutBN(drop).double().eval()
+    fused, report = fuse_same(model, X)
+    assert count(fused, nn.Conv2d) == 1, report.details()  # 3x3 + 1x1 + identity: one conv
+    assert count(fused, nn.BatchNorm2d, nn.Dropout, nn.Dropout2d, nn.AlphaDropout,
+                 nn.FeatureAlphaDropout, F.dropout, F.dropout2d) == 0, report.details()
+
+
+def test_dropout_in_training_or_in_place_stays():
+    class InPlace(ConvDropoutBN):
+        def forward(self, x):
+            return self.bn(F.dropout(self.conv(x), 0.5, False, True))
+
+    model = InPlace(nn.Identity()).double().eval()
+    fused, report = fuse_same(model, X)
+    assert count(fused, F.dropout) == 1 and count(fused, nn.BatchNorm2d) == 1
+    model = ConvDropoutBN(nn.Dropout(0.5)).double().eval()
+    model.drop.train()  # random at every call: left as it is, and the BN after it too
+    fused, report = reparam.fuse(model, report=True)
+    assert count(fused, nn.Dropout) == 1 and count(fused, nn.BatchNorm2d) == 1
+    assert count(fused, nn.Conv2d) == 2

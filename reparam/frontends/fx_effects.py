@@ -40,7 +40,7 @@ KNOWN_MODULES = frozenset({
     nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, nn.Linear, nn.Identity,
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid,
     nn.Tanh, nn.Mish, nn.ELU, nn.CELU, nn.SELU, nn.PReLU, nn.Hardtanh, nn.Softplus, nn.Softmax,
-    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout,
     nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
     nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d,
     nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.Flatten, nn.Unflatten, nn.Upsample,
@@ -49,7 +49,7 @@ KNOWN_MODULES = frozenset({
     nn.ReplicationPad1d, nn.ReplicationPad2d, nn.ReplicationPad3d})
 #: known classes whose result may be their input itself or a view of it
 VIEW_MODULES = frozenset({nn.Identity, nn.Flatten, nn.Unflatten, nn.Dropout, nn.Dropout1d,
-                          nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout})
+                          nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout})
 #: torch functions that always return a new tensor
 FRESH_FUNCTIONS = frozenset({
     torch.add, torch.sub, torch.subtract, torch.mul, torch.multiply, torch.div, torch.divide,

@@ -13,6 +13,8 @@ fx node                                    IR
 ``nn.BatchNorm1d/2d/3d``, ``SyncBatchNorm`` ``bn`` (eval mode: running statistics)
 module
 ``nn.Identity`` module                     ``identity``
+``nn.Dropout*``, ``F.dropout*`` (eval,      ``identity`` (inference: the input itself)
+not in place)
 ``nn.ZeroPad*d``, ``nn.ConstantPad*d``     ``conv``: an identity kernel with the padding
 (value 0), ``F.pad`` (constant 0)
 ``nn.AvgPool1d/2d/3d`` module              ``conv``: :func:`reparam.kernel.avgpool`
@@ -61,6 +63,9 @@ _BN_RANKS = {nn.BatchNorm1d: (2, 3), nn.BatchNorm2d: (4,), nn.BatchNorm3d: (5,),
 _PAD_NDIM = {nn.ZeroPad1d: 1, nn.ZeroPad2d: 2, nn.ZeroPad3d: 3, nn.ConstantPad1d: 1,
              nn.ConstantPad2d: 2, nn.ConstantPad3d: 3}
 _POOL_NDIM = {nn.AvgPool1d: 1, nn.AvgPool2d: 2, nn.AvgPool3d: 3}
+#: dropout layers: the identity in eval mode
+_DROPOUTS = frozenset({nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+                       nn.FeatureAlphaDropout})
 #: functional forms of conv-like and BatchNorm-like layers, reported when left opaque
 _FUNCTIONAL_LAYERS = (F.conv1d, F.conv2d, F.conv3d, torch.conv1d, torch.conv2d, torch.conv3d,
                       F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d, F.batch_norm,
@@ -68,8 +73,8 @@ _FUNCTIONAL_LAYERS = (F.conv1d, F.conv2d, F.conv3d, torch.conv1d, torch.conv2d, 
 
 
 _KNOWN = frozenset(CONV_NDIM) | frozenset(_BN_RANKS) | frozenset(_PAD_NDIM) \
-    | frozenset(_POOL_NDIM) | frozenset(CONV_TRANSPOSE_NDIM) | {nn.Identity, nn.Linear,
-                                                                  nn.GroupNorm}
+    | frozenset(_POOL_NDIM) | frozenset(CONV_TRANSPOSE_NDIM) | _DROPOUTS \
+    | {nn.Identity, nn.Linear, nn.GroupNorm}
 _CONV_FUNCTIONS = {torch.conv1d: 1, torch.conv2d: 2, torch.conv3d: 3}  # F.conv2d is torch.conv2d
 _POOL_FUNCTIONS = {F.avg_pool1d: 1, F.avg_pool2d: 2, F.avg_pool3d: 3}
 #: metadata of a tensor: what reading it depends on (see ``meta`` in :mod:`reparam.ir`)
@@ -199,6 +204,8 @@ class _Lifter:
         t = self.types.get(x)
         if cls is nn.Identity:
             return ("identity", {}), None
+        if cls in _DROPOUTS:
+            return (("identity", {}), None) if not m.training and not m.inplace else (None, None)
         if cls is nn.GroupNorm:
             if t.rank < 2 or t.channels != m.num_channels:
                 return None, None
@@ -499,11 +506,21 @@ class _Lifter:
         lifted = _pad_conv(t, list(flat))
         return None if lifted is None else (*lifted, [x])
 
+    def dropout(self, node: fx.Node):
+        """Dropout at inference (``training=False``, not in place): the input itself."""
+        args = _bind(_signature(node.target), node)
+        if args is None or args["training"] is not False or args["inplace"] is not False \
+                or self.types.get(args["input"]) is None:
+            return None
+        return "identity", {}, [args["input"]]
+
     FUNCTIONAL = {torch.conv1d: conv_function, torch.conv2d: conv_function,
                   torch.conv3d: conv_function, F.linear: linear_function,
                   F.batch_norm: batch_norm_function, torch.batch_norm: batch_norm_function,
                   F.avg_pool1d: pool_function, F.avg_pool2d: pool_function,
-                  F.avg_pool3d: pool_function, F.pad: pad}
+                  F.avg_pool3d: pool_function, F.pad: pad,
+                  **dict.fromkeys((F.dropout, F.dropout1d, F.dropout2d, F.dropout3d,
+                                   F.alpha_dropout, F.feature_alpha_dropout), dropout)}
 
     # --- the whole graph ------------------------------------------------------------------
     def classify(self, node: fx.Node):
