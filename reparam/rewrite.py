@@ -70,6 +70,14 @@ class Kept:
     reason: str
 
 
+def _listed(items: list, every: bool, key, line) -> list[str]:
+    """``line(item, None)`` for each item (``every``), else ``line(first, count)`` per group
+    of items with one ``key``."""
+    if every:
+        return [line(i, None) for i in items]
+    return [line(g[0], len(g)) for g in _grouped(items, key)]
+
+
 def _grouped(items, key) -> list[list]:
     """``items`` grouped by ``key``, groups in order of first appearance."""
     groups: dict = {}
@@ -122,23 +130,15 @@ class Report:
 
     def refusal_lines(self, every: bool = False) -> list[str]:
         """Refused candidates: each one, or (default) one line per rule and kind."""
-        if every:
-            return [f"refused {r.rule} at {r.node} [{r.kind}]: {r.reason}" for r in self.refused]
-        lines = []
-        for g in _grouped(self.refused, lambda r: (r.rule, r.kind)):
-            r = g[0]
-            lines.append(f"refused {r.rule} x{len(g)} [{r.kind}], e.g. at {r.node}: {r.reason}")
-        return lines
+        return _listed(self.refused, every, lambda r: (r.rule, r.kind), lambda r, n: (
+            f"refused {r.rule} at {r.node} [{r.kind}]: {r.reason}" if n is None else
+            f"refused {r.rule} x{n} [{r.kind}], e.g. at {r.node}: {r.reason}"))
 
     def kept_lines(self, every: bool = False) -> list[str]:
         """Conv-like and BatchNorm-like layers left unfolded, with why."""
-        if every:
-            return [f"kept {k.op} {k.node} [{k.kind}]: {k.reason}" for k in self.kept]
-        lines = []
-        for g in _grouped(self.kept, lambda k: (k.kind, k.op)):
-            k = g[0]
-            lines.append(f"kept x{len(g)} [{k.kind}], e.g. {k.op} {k.node}: {k.reason}")
-        return lines
+        return _listed(self.kept, every, lambda k: (k.kind, k.op), lambda k, n: (
+            f"kept {k.op} {k.node} [{k.kind}]: {k.reason}" if n is None else
+            f"kept x{n} [{k.kind}], e.g. {k.op} {k.node}: {k.reason}"))
 
     def details(self) -> str:
         """Everything: op counts, rules fired, every refusal, every kept layer, every note."""
