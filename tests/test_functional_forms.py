@@ -318,3 +318,26 @@ def test_dropout_in_training_or_in_place_stays():
     fused, report = reparam.fuse(model, report=True)
     assert count(fused, nn.Dropout) == 1 and count(fused, nn.BatchNorm2d) == 1
     assert count(fused, nn.Conv2d) == 2
+
+
+def _frozen_bns():
+    from timm.layers.norm_act import FrozenBatchNormAct2d
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    return [FrozenBatchNorm2d, FrozenBatchNormAct2d]
+
+
+@pytest.mark.parametrize("cls", _frozen_bns(), ids=lambda c: f"{c.__module__}.{c.__name__}")
+def test_frozen_batchnorm_of_torchvision_and_timm_folds(cls):
+    """Frozen BNs compute ``x * scale + shift`` from their buffers in their forward:
+    traced through, the constants are evaluated and the affine folds into the conv."""
+    norm = cls(6)
+    g = torch.Generator().manual_seed(3)
+    for k in ("weight", "bias", "running_mean"):
+        getattr(norm, k).copy_(torch.randn(6, generator=g))
+    norm.running_var.copy_(torch.rand(6, generator=g) + 0.5)
+    model = nn.Sequential(nn.Conv2d(6, 6, 3, padding=1), norm).double().eval()
+    fused, report = fuse_same(model, X)
+    assert report.fired["fold_conv_bn"] >= 1, report.details()
+    assert count(fused, nn.Conv2d) == 1
+    assert count(fused, operator.mul, operator.add, operator.sub, torch.mul, torch.add) == 0
