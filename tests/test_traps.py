@@ -236,9 +236,20 @@ def test_weight_norm_and_spectral_norm_are_read_live():
         legacy[0].weight_g.mul_(1.7)  # the stored .weight is stale until the next forward
     fused, report = check(legacy, X)
     assert len(bns(fused)) == 1 and kept(report, "hooks")
-    legacy(X)  # with grad: its .weight is now a computed tensor, which deepcopy refuses
+    legacy(X)  # with grad: its .weight is now a computed tensor (copy.deepcopy refuses it)
     before = snapshot(legacy)
-    with pytest.raises(reparam.ReparamError, match="cannot copy the model.*weight_norm"):
+    fused, report = reparam.fuse(legacy, report=True)
+    assert_unchanged(legacy, before)
+    assert len(bns(fused)) == 1 and kept(report, "hooks")
+    with torch.no_grad():
+        assert rel_err(fused(X), legacy(X)) <= TOL
+
+    class Uncopyable:
+        def __deepcopy__(self, memo):
+            raise TypeError("this object cannot be copied")
+
+    legacy.handle = Uncopyable()
+    with pytest.raises(reparam.ReparamError, match="cannot copy the model.*cannot be copied"):
         reparam.fuse(legacy)
     assert_unchanged(legacy, before)
 

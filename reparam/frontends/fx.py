@@ -154,10 +154,9 @@ def fuse_copy(model: nn.Module, rules, example_inputs=None, rtol: float | None =
         work = copy_model(model, memo)
     except Exception as e:
         raise ReparamError(f"cannot copy the model (reparam.fuse never changes the model it is "
-                           f"given, so it works on a copy): {_first_line(e)}; e.g. a module "
-                           "under the legacy torch.nn.utils.weight_norm cannot be copied after "
-                           "a forward: use torch.nn.utils.parametrizations.weight_norm, or "
-                           "remove_weight_norm before fusing") from e
+                           f"given, so it works on a copy): {_first_line(e)}; fuse needs a "
+                           "model that copy.deepcopy can copy (no open files, locks or other "
+                           "objects that refuse to be copied in its attributes)") from e
     leaves = [memo.get(id(m), m) for m in leaf_modules]  # the copies of leaf instances
     if model.training:
         msg = ("model is in training mode: folding uses BatchNorm running statistics "

@@ -4,7 +4,8 @@
 buffer and attribute copied, what the original shares shared once in the copy -
 at a fraction of its cost: modules are rebuilt from their ``__dict__``, tensors
 are cloned, attributes that cannot change (numbers, strings, tuples of them)
-are kept, empty hook tables are made anew, and only the rest goes through
+are kept, empty hook tables are made anew, a class's own ``__setstate__`` gets the
+copied state (as from ``copy.deepcopy``), and only the rest goes through
 ``copy.deepcopy`` (with the same memo).
 """
 from __future__ import annotations
@@ -19,8 +20,9 @@ _ATOMS = (int, float, bool, str, bytes, type(None), torch.dtype, torch.device, t
 
 
 #: what decides how ``copy.deepcopy`` copies an object: a class that changes one of these
-#: is copied by ``copy.deepcopy`` itself
-_PROTOCOL = ("__deepcopy__", "__reduce_ex__", "__reduce__", "__getstate__", "__setstate__")
+#: is copied by ``copy.deepcopy`` itself. (``__setstate__``, which ``nn.ConvNd`` defines,
+#: only receives the copied state: it is called on it here as ``copy.deepcopy`` would.)
+_PROTOCOL = ("__deepcopy__", "__reduce_ex__", "__reduce__", "__getstate__")
 
 
 def _immutable(v) -> bool:
@@ -69,9 +71,14 @@ def copy_model(model: nn.Module, memo: dict | None = None) -> nn.Module:
     memo[id(model)] = new
     state = {}
     for k, v in model.__dict__.items():
+        if k == "_compiled_call_impl":  # dropped by nn.Module.__getstate__: not copied
+            continue
         if k in ("_parameters", "_buffers", "_modules"):
             state[k] = {name: None if t is None else _copy_value(t, memo) for name, t in v.items()}
         else:
             state[k] = _copy_value(v, memo)
-    object.__setattr__(new, "__dict__", state)
+    if getattr(cls, "__setstate__", None) is not getattr(nn.Module, "__setstate__", None):
+        new.__setstate__(state)
+    else:
+        object.__setattr__(new, "__dict__", state)
     return new
