@@ -28,6 +28,10 @@ from .fx_types import capture_inputs, propagate
 RTOL = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
 
 
+#: argument types that fx stores in a graph as they are
+_PLAIN_ARGS = frozenset({int, float, bool, str, type(None)})
+
+
 class _Tracer(fx.Tracer):
     """symbolic tracing that also keeps the caller's ``leaf_modules`` (instances or classes) opaque."""
 
@@ -50,6 +54,13 @@ class _Tracer(fx.Tracer):
         return self._names
 
     def create_arg(self, a):
+        t = type(a)
+        if t is fx.Proxy:  # the common cases, as fx's own create_arg treats them, without its
+            return a.node  # checks for constants and opaque types (a third of tracing)
+        if t in _PLAIN_ARGS:
+            return a
+        if t is tuple or t is list:
+            return t(self.create_arg(v) for v in a)
         if isinstance(a, torch.Tensor) and type(a) in (torch.Tensor, nn.Parameter):
             params, buffers = self._tables()
             name = (params if isinstance(a, nn.Parameter) else buffers).get(id(a))

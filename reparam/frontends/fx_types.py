@@ -176,6 +176,11 @@ class _Recorder(fx.Interpreter):
         self.convert = convert
         self.converted: dict = {}
 
+    def run_node(self, n):
+        """As fx's, without its per-node traceback context (a fifth of the run's time)."""
+        args, kwargs = self.fetch_args_kwargs_from_env(n)
+        return getattr(self, n.op)(n.target, args, kwargs)
+
     def call_module(self, target, args, kwargs):
         m = self.fetch_attr(target)
         x = args[0] if len(args) == 1 and not kwargs else None
