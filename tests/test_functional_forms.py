@@ -341,3 +341,22 @@ def test_frozen_batchnorm_of_torchvision_and_timm_folds(cls):
     assert report.fired["fold_conv_bn"] >= 1, report.details()
     assert count(fused, nn.Conv2d) == 1
     assert count(fused, operator.mul, operator.add, operator.sub, torch.mul, torch.add) == 0
+
+
+@pytest.mark.parametrize("first", [lambda x: F.avg_pool2d(x, 2, 1, 0, False, True),
+                                   lambda x: F.max_pool2d(x, 3, 1, 1), F.silu,
+                                   lambda x: F.leaky_relu(x, 0.1)],
+                         ids=["avg_pool2d", "max_pool2d", "silu", "leaky_relu"])
+def test_types_are_justified_through_functional_pools_and_activations(first):
+    """Without example_inputs, the input's rank and channels are read off the first conv,
+    through functions that keep them (YOLOv9's AConv pools before its conv)."""
+    class PoolFirst(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(6, 8, 3, 2, 1), bn(8)
+
+        def forward(self, x):
+            return self.bn(self.conv(first(x)))
+
+    fused, report = fuse_same(PoolFirst().double().eval(), X)
+    assert report.fired["fold_conv_bn"] == 1 and count(fused, nn.BatchNorm2d) == 0, report.details()

@@ -45,7 +45,10 @@ _KEEP_MODULES = frozenset({nn.BatchNorm1d, nn.Identity, nn.ReLU, nn.ReLU6, nn.Le
                            nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d})
 _JUSTIFYING = frozenset(_FIXES_RANK) | _KEEP_MODULES
 _KEEP_FUNCTIONS = frozenset({operator.add, operator.sub, operator.mul, operator.truediv,
-                             torch.relu, torch.sigmoid, torch.tanh, torch.nn.functional.relu})
+                             torch.relu, torch.sigmoid, torch.tanh, F.relu, F.relu6, F.silu,
+                             F.gelu, F.leaky_relu, F.hardswish, F.hardsigmoid, F.mish,
+                             F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.max_pool1d,
+                             F.max_pool2d, F.max_pool3d, F.dropout, F.dropout2d})
 #: (batch, spatial size) of the justified run, tried in order (see the module docstring)
 _RUNS = (((2, 67),), ((2, 224),), ((1, 224),))
 
