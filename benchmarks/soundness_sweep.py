@@ -2,18 +2,20 @@
 
     python benchmarks/soundness_sweep.py             # the models below (timm and torchvision)
     python benchmarks/soundness_sweep.py resnet18 tv:mobilenet_v2   # named ones
+    python benchmarks/soundness_sweep.py --ultralytics   # YOLO models (needs ultralytics)
 
 The Rep-style sweep (``timm_sweep.py``) asks whether reparam folds what timm's own code
 folds; this one asks whether it ever changes what a model computes. It takes ordinary
-classification networks from two libraries, spelled the many ways their authors write
+classification networks from two libraries (and, on request, ultralytics' detectors, whose
+top-level forward does not trace), spelled the many ways their authors write
 layers (BatchNorm subclasses with activations, ``F.batch_norm``, in-place activations,
 squeeze-excite, layer scales, attention, shape asserts, windowing), in float64 with
 realistic BatchNorm statistics (:func:`reparam.models.realistic_bn_`), and checks for each:
 
 * the fused model's output against the original's: ``max|diff| <= 1e-9 max|ref|``;
 * the original model unchanged (every ``state_dict`` entry bit for bit);
-* what was folded (rule counts), and every conv-like or BatchNorm-like layer left in the
-  output explained by the report (``Report.kept``).
+* what was folded (rule counts), and, for a model traced whole, every conv-like or
+  BatchNorm-like layer left in the output explained by the report (``Report.kept``).
 
 ``example_inputs`` is passed (each model's own input size), so the check inside
 ``reparam.fuse`` runs as well. Nothing is downloaded (random weights). A model prints
@@ -44,12 +46,24 @@ TIMM = ("resnet18", "resnet50d", "resnext26ts", "seresnet18", "resnetv2_50", "re
 TORCHVISION = ("resnet18", "mobilenet_v3_small", "mobilenet_v2", "efficientnet_b0",
                "regnet_x_400mf", "shufflenet_v2_x0_5", "squeezenet1_0", "googlenet", "mnasnet0_5",
                "densenet121", "resnext50_32x4d", "convnext_tiny", "maxvit_t", "swin_t")
+#: model configurations of ultralytics (not a dependency of reparam: ``pip install ultralytics``)
+ULTRALYTICS = ("yolov3-tinyu", "yolov5nu", "yolov6n", "yolov8n", "yolov8n-seg", "yolov8n-cls",
+               "yolov9t", "yolov10n", "yolo11n", "yolo11n-pose", "yolo12n", "rtdetr-l")
 TOL = 1e-9
+
+
+def _ultralytics(name: str):
+    from ultralytics.nn import tasks
+
+    cls = (tasks.SegmentationModel if "-seg" in name else tasks.PoseModel if "-pose" in name
+           else tasks.ClassificationModel if "-cls" in name else tasks.RTDETRDetectionModel
+           if name.startswith("rtdetr") else tasks.DetectionModel)
+    return cls(name + ".yaml", verbose=False), (224, 224) if "-cls" in name else (160, 160)
 
 
 def build(name: str):
     """(float64 eval model with realistic BatchNorm statistics, example input) for ``name``
-    (``tv:`` prefix: torchvision)."""
+    (``tv:`` prefix: torchvision; ``ul:``: ultralytics)."""
     from reparam.models import realistic_bn_
 
     torch.manual_seed(0)
@@ -60,6 +74,8 @@ def build(name: str):
         extra = {"aux_logits": False, "init_weights": True} if name == "googlenet" else {}
         model = getattr(torchvision.models, name)(weights=None, num_classes=10, **extra)
         size = (224, 224) if name in ("maxvit_t", "swin_t") else (96, 96)
+    elif name.startswith("ul:"):
+        model, size = _ultralytics(name[3:])
     else:
         import timm
 
@@ -73,20 +89,31 @@ def build(name: str):
     return model.double().eval(), torch.randn(2, 3, *size, dtype=torch.float64, generator=g)
 
 
+def _tensors(out) -> list:
+    """The tensors of a model's output (detectors return lists and dicts of them)."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        out = list(out.values())
+    return [t for o in out for t in _tensors(o)] if isinstance(out, (list, tuple)) else []
+
+
 def check(name: str) -> tuple[str, str]:
     import reparam
 
     model, x = build(name)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with torch.no_grad():
-        ref = model(x)
+        ref = _tensors(model(x))
     try:
         fused, report = reparam.fuse(model, x, report=True, rtol=TOL)
     except reparam.ReparamError as e:
         return "REFUSED", f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
     with torch.no_grad():
-        got = fused(x)
-    error = ((got - ref).abs().max() / ref.abs().max()).item()
+        got = _tensors(fused(x))
+    if len(got) != len(ref):
+        return "WRONG", f"{len(got)} output tensors, the original {len(ref)}"
+    error = max(((g - r).abs().max() / r.abs().max()).item() for g, r in zip(got, ref))
     unchanged = all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     kept = {k.node for k in report.kept}
     layers = (torch.nn.modules.conv._ConvNd, torch.nn.modules.batchnorm._BatchNorm)
@@ -102,11 +129,14 @@ def check(name: str) -> tuple[str, str]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("models", nargs="*", help="timm names, or tv:<name> for torchvision")
+    p.add_argument("models", nargs="*", help="timm names, tv:<name> for torchvision, ul:<name> "
+                                             "for ultralytics")
+    p.add_argument("--ultralytics", action="store_true", help="the ultralytics models")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
-    names = args.models or list(TIMM) + ["tv:" + n for n in TORCHVISION]
+    names = args.models or (["ul:" + n for n in ULTRALYTICS] if args.ultralytics else
+                            list(TIMM) + ["tv:" + n for n in TORCHVISION])
     wrong = 0
     for name in names:
         start = time.perf_counter()
