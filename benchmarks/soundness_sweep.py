@@ -14,7 +14,8 @@ realistic BatchNorm statistics (:func:`reparam.models.realistic_bn_`), and check
 
 * the fused model's output against the original's: ``max|diff| <= 1e-9 max|ref|``;
 * the original model unchanged (every ``state_dict`` entry bit for bit);
-* what was folded (rule counts), and, for a model traced whole, every conv-like or
+* what was folded (rule counts), for ultralytics' models the Conv and BatchNorm modules
+  left beside those its own ``model.fuse()`` leaves, and, for a model traced whole, every conv-like or
   BatchNorm-like layer left in the output explained by the report (``Report.kept``).
 
 ``example_inputs`` is passed (each model's own input size), so the check inside
@@ -25,6 +26,7 @@ other outcome); the exit status is 1 if any is ``WRONG``.
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 import time
 import warnings
@@ -98,6 +100,12 @@ def _tensors(out) -> list:
     return [t for o in out for t in _tensors(o)] if isinstance(out, (list, tuple)) else []
 
 
+def _layers(model) -> str:
+    mods = list(model.modules())
+    return (f"{sum(isinstance(m, torch.nn.modules.conv._ConvNd) for m in mods)}/"
+            f"{sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in mods)}")
+
+
 def check(name: str) -> tuple[str, str]:
     import reparam
 
@@ -122,6 +130,9 @@ def check(name: str) -> tuple[str, str]:
                    and not any(n.target == k.replace(".", "_") for k in kept)]
     fired = ", ".join(f"{r} x{c}" for r, c in sorted(report.fired.items())) or "nothing"
     text = f"error {error:.1e}, folded: {fired}"
+    if name.startswith("ul:"):  # against the framework's own fuser
+        own = copy.deepcopy(model).fuse(verbose=False)
+        text += f"; Conv/BatchNorm modules {_layers(fused)} (ultralytics' fuse: {_layers(own)})"
     if not (error <= TOL and unchanged and not unexplained):
         return "WRONG", f"{text}; unchanged {unchanged}; unexplained {unexplained[:3]}"
     return "OK", text
