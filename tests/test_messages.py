@@ -178,6 +178,27 @@ def test_torch_example_inputs_of_another_kind_say_what_is_accepted():
 
 # --- example_inputs of an ONNX model ------------------------------------------------------------
 
+def _conv_bn():
+    return nn.Sequential(nn.Conv2d(3, C, 3), nn.BatchNorm2d(C)).eval()
+
+
+@pytest.mark.parametrize("wrap, advice", [
+    (torch.jit.script, "TorchScript module.*fuse the Python model, then script"),
+    (torch.compile, r"OptimizedModule wraps the model to fuse: pass model\._orig_mod"),
+    (nn.DataParallel, r"DataParallel wraps the model to fuse: pass model\.module"),
+], ids=["jit.script", "torch.compile", "DataParallel"])
+def test_wrapped_models_say_what_to_pass(wrap, advice):
+    """A wrapper would be fused part by part, taking its model apart (nothing folded, no
+    word why): fuse says which model to pass instead."""
+    with pytest.raises(reparam.ReparamError, match=advice):
+        reparam.fuse(wrap(_conv_bn()))
+
+
+def test_model_on_the_meta_device_says_to_load_weights():
+    with pytest.raises(reparam.ReparamError, match=r"meta device.*0\.weight.*load its weights"):
+        reparam.fuse(_conv_bn().to("meta"))
+
+
 def test_onnx_example_inputs_array_dict_or_list(tmp_path):
     model = conv_bn_model()
     onnx.save(model, tmp_path / "m.onnx")

@@ -12,6 +12,7 @@ import contextlib
 import copy
 import dataclasses
 import gc
+import sys
 import warnings
 
 import torch
@@ -158,6 +159,9 @@ def fuse_copy(model: nn.Module, rules, example_inputs=None, rtol: float | None =
     """
     from ..errors import ReparamError, TraceError
 
+    problem = unfusable(model)
+    if problem:
+        raise ReparamError(problem)
     notes = []
     memo: dict = {}
     try:
@@ -203,6 +207,31 @@ def fuse_copy(model: nn.Module, rules, example_inputs=None, rtol: float | None =
     if reference is not None:
         verify(reference, fused, example_inputs, rtol)
     return fused, report
+
+
+def unfusable(model: nn.Module) -> str | None:
+    """What makes ``model`` one that fuse cannot work on, with what to do instead; else None.
+    (Wrappers trace as calls of their wrapped module, which fusing part by part would take
+    apart; TorchScript modules have no Python forward; meta tensors have no values.)"""
+    wrapped = {torch.jit.ScriptModule: None, nn.DataParallel: "module",
+               nn.parallel.DistributedDataParallel: "module"}
+    compiled = sys.modules.get("torch._dynamo.eval_frame")  # loaded if the model is compiled
+    if compiled is not None and hasattr(compiled, "OptimizedModule"):
+        wrapped[compiled.OptimizedModule] = "_orig_mod"
+    for cls, inner in wrapped.items():
+        if isinstance(model, cls):
+            if inner is None:
+                return (f"{type(model).__name__} is a TorchScript module, which torch.fx cannot "
+                        "trace: fuse the Python model, then script or trace the fused one")
+            return (f"{type(model).__name__} wraps the model to fuse: pass model.{inner}, and "
+                    "wrap (or compile) the fused model again")
+    meta = next((n for n, t in list(model.named_parameters()) + list(model.named_buffers())
+                 if t.is_meta), None)
+    if meta is not None:
+        return (f"the model's tensors are on the meta device (no values; {meta} is one): "
+                "load its weights (e.g. model.to_empty(device='cpu') and load_state_dict) "
+                "before fusing")
+    return None
 
 
 def fuse_traced(traced: fx.GraphModule, rules, runs, class_name: str):
