@@ -541,3 +541,38 @@ def test_functional_batchnorm_in_training_updates_its_statistics(training):
         for _ in range(2):
             assert rel_err(fused(X), reference(X)) <= TOL
     assert report.fired["fold_conv_bn"] == (0 if training else 2)
+
+
+class ConvBN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = conv_bn()
+
+    def forward(self, x):
+        return self.bn(self.conv(x))
+
+
+class UnderAutocast(nn.Module):
+    """torch.fx does not record an autocast region: the traced graph would run in float32."""
+
+    def __init__(self):
+        super().__init__()
+        self.block = ConvBN()
+
+    def forward(self, x):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return self.block(x)
+
+
+def test_forward_under_autocast_is_not_traced_as_if_it_were_not():
+    model = UnderAutocast().float().eval()
+    x = X.float()
+    before = snapshot(model)
+    fused, report = reparam.fuse(model, report=True)
+    assert_unchanged(model, before)
+    assert any("torch.autocast" in n for n in report.notes), report.details()
+    with torch.no_grad():
+        ref, got = model(x), fused(x)
+    assert got.dtype == ref.dtype == torch.bfloat16
+    assert rel_err(got, ref) <= 2e-2  # the block, fused on its own, runs under the autocast
+    assert len(bns(fused)) == 0  # ... of its untraced parent

@@ -33,6 +33,14 @@ RTOL = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 1e-2, torch.bfl
 _PLAIN_ARGS = frozenset({int, float, bool, str, type(None)})
 
 
+def _autocast_state() -> tuple:
+    """Whether autocast is on, for the CPU and for CUDA."""
+    try:
+        return torch.is_autocast_enabled("cpu"), torch.is_autocast_enabled("cuda")
+    except TypeError:  # torch < 2.4: no device argument
+        return torch.is_autocast_cpu_enabled(), torch.is_autocast_enabled()
+
+
 class _Tracer(fx.Tracer):
     """symbolic tracing that also keeps the caller's ``leaf_modules`` (instances or classes) opaque."""
 
@@ -40,6 +48,14 @@ class _Tracer(fx.Tracer):
         super().__init__()
         self.leaf_ids = {id(m) for m in leaf_modules if isinstance(m, nn.Module)}
         self.leaf_types = tuple(m for m in leaf_modules if isinstance(m, type))
+        self.autocast_at_start, self.autocast_changed = _autocast_state(), False
+
+    def create_node(self, kind, target, args, kwargs, name=None, type_expr=None):
+        # torch.fx does not record torch.autocast regions: the graph of a forward that enters
+        # one computes in other dtypes than the forward (see trace)
+        if _autocast_state() != self.autocast_at_start:
+            self.autocast_changed = True
+        return super().create_node(kind, target, args, kwargs, name, type_expr)
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return (id(m) in self.leaf_ids or isinstance(m, self.leaf_types)
@@ -90,6 +106,10 @@ def trace(model: nn.Module, leaf_modules=(), concrete_args=None) -> fx.GraphModu
         return model
     tracer = _Tracer(leaf_modules)
     graph = tracer.trace(model, concrete_args)
+    if tracer.autocast_changed:
+        raise fx.proxy.TraceError(f"{type(model).__name__}'s forward runs part of itself under "
+                                  "torch.autocast, which torch.fx does not record (its graph "
+                                  "would compute in other dtypes)")
     if concrete_args:  # fx names a bound argument's placeholder "<name>_1": callers pass
         import inspect   # it by its own name
 
