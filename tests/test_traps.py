@@ -576,3 +576,36 @@ def test_forward_under_autocast_is_not_traced_as_if_it_were_not():
     assert got.dtype == ref.dtype == torch.bfloat16
     assert rel_err(got, ref) <= 2e-2  # the block, fused on its own, runs under the autocast
     assert len(bns(fused)) == 0  # ... of its untraced parent
+
+
+class CollectsFeatures(nn.Module):
+    """The forward appends an intermediate to a list and keeps its last output, which code
+    around it reads: torch.fx does not record either (they would be lost)."""
+
+    def __init__(self):
+        super().__init__()
+        self.first, self.second = ConvBN(), ConvBN()
+        self.features = []
+
+    def forward(self, x):
+        y = self.first(x)
+        self.features.append(y)
+        self.last = self.second(y)
+        return self.last * 2
+
+
+def test_forward_that_stores_traced_values_keeps_its_side_effect():
+    model = CollectsFeatures().eval()
+    before = snapshot(model)
+    fused, report = reparam.fuse(model, report=True)
+    assert_unchanged(model, before)
+    assert model.features == [] and not hasattr(model, "last")
+    assert any("stores a traced value in 'features'" in n for n in report.notes), report.details()
+    assert fused.features == [] and not hasattr(fused, "last")  # nothing left by the trace
+    with torch.no_grad():
+        out = fused(X)
+        ref = model(X)
+    assert rel_err(out, ref) <= TOL
+    assert len(fused.features) == 1 and rel_err(fused.features[0], model.features[0]) <= TOL
+    assert rel_err(fused.last, model.last) <= TOL
+    assert len(bns(fused)) == 0  # the parts, fused on their own

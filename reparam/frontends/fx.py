@@ -33,6 +33,31 @@ RTOL = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 1e-2, torch.bfl
 _PLAIN_ARGS = frozenset({int, float, bool, str, type(None)})
 
 
+def _holds_proxy(v, depth: int = 2) -> bool:
+    if isinstance(v, fx.Proxy):
+        return True
+    if depth and isinstance(v, (list, tuple, set, frozenset)):
+        return any(_holds_proxy(x, depth - 1) for x in v)
+    if depth and isinstance(v, dict):
+        return any(_holds_proxy(x, depth - 1) for x in v.values())
+    return False
+
+
+def _stored_proxy(model: nn.Module) -> str | None:
+    """The first plain attribute of a module of ``model`` (just traced) that holds a traced
+    value - a forward that appends features to a list, or keeps its last output - as
+    ``'attr' of module 'path'``; None when there is none."""
+    for path, m in model.named_modules():
+        for k, v in vars(m).items():
+            if k not in _MODULE_STATE and _holds_proxy(v):
+                return f"{k!r} of module {path or '<model>'!r}"
+    return None
+
+
+#: nn.Module's own bookkeeping attributes (never a forward's side effect)
+_MODULE_STATE = frozenset({"_parameters", "_buffers", "_modules"})
+
+
 def _autocast_state() -> tuple:
     """Whether autocast is on, for the CPU and for CUDA."""
     try:
@@ -106,6 +131,11 @@ def trace(model: nn.Module, leaf_modules=(), concrete_args=None) -> fx.GraphModu
         return model
     tracer = _Tracer(leaf_modules)
     graph = tracer.trace(model, concrete_args)
+    leak = _stored_proxy(model)
+    if leak:
+        raise fx.proxy.TraceError(f"{type(model).__name__}'s forward stores a traced value in "
+                                  f"{leak}, outside what it returns: torch.fx does not record "
+                                  "that (the graph would not store it)")
     if tracer.autocast_changed:
         raise fx.proxy.TraceError(f"{type(model).__name__}'s forward runs part of itself under "
                                   "torch.autocast, which torch.fx does not record (its graph "
@@ -213,6 +243,11 @@ def fuse_copy(model: nn.Module, rules, example_inputs=None, rtol: float | None =
         traced = trace(work, leaves, concrete_args)
     except Exception as e:  # the tracer raises many kinds; fall back to the parts
         calls = capture_inputs(work, as_args(example_inputs)) if runs is not None else {}
+        memo = {}  # the trace (and the capture) ran the forward on the copy, which may have
+        work = copy_model(model, memo)  # kept some of it (a list it appends to): copy anew
+        if model.training:
+            work.eval()
+        leaves = [memo.get(id(m), m) for m in leaf_modules]
         fused, report = fuse_parts(work, rules, leaves, calls)
         if not report.before:
             raise TraceError(f"torch.fx could not trace {type(model).__name__} nor any of "
@@ -288,7 +323,9 @@ def fuse_parts(model: nn.Module, rules, leaf_modules=(), calls=None):
                 visit(child, path + ".")
                 continue
             try:
-                traced = trace(child, leaf_modules, constant_defaults(child))
+                memo = {}  # traced on a copy: a failed trace may leave state behind
+                traced = trace(copy_model(child, memo), [memo.get(id(m), m) for m in leaf_modules],
+                               constant_defaults(child))
             except Exception as e:
                 report.notes.append(f"skipped {path} ({type(child).__name__}): {_first_line(e)}")
                 visit(child, path + ".")
