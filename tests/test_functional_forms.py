@@ -360,3 +360,17 @@ def test_types_are_justified_through_functional_pools_and_activations(first):
 
     fused, report = fuse_same(PoolFirst().double().eval(), X)
     assert report.fired["fold_conv_bn"] == 1 and count(fused, nn.BatchNorm2d) == 0, report.details()
+
+
+def test_types_are_justified_by_a_functional_conv_on_a_stored_weight():
+    class Functional(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.randn(8, 3, 3, 3))  # groups 2: 6 input channels
+            self.bn = bn(8)
+
+        def forward(self, x):
+            return self.bn(F.conv2d(x, self.weight, None, 1, 1, 1, 2))
+
+    fused, report = fuse_same(Functional().double().eval(), X)
+    assert report.fired["fold_conv_bn"] == 1 and count(fused, nn.BatchNorm2d) == 0, report.details()

@@ -282,6 +282,28 @@ def _quiet():
         log.setLevel(level)
 
 
+#: convolution functions and the input rank they fix
+_CONV_FUNCTION_RANK = {torch.conv1d: 3, torch.conv2d: 4, torch.conv3d: 5}
+
+
+def _functional_conv_spec(gm: fx.GraphModule, node: fx.Node):
+    """``(rank, channels, dtype, device)`` of the input of ``F.conv*d(x, weight, ...)`` with a
+    stored weight and plain groups (a conv module traced as a root is one); else None."""
+    rank = _CONV_FUNCTION_RANK.get(node.target)
+    if rank is None:
+        return None
+    w = node.args[1] if len(node.args) > 1 else node.kwargs.get("weight")
+    groups = node.args[6] if len(node.args) > 6 else node.kwargs.get("groups", 1)
+    if not isinstance(w, fx.Node) or w.op != "get_attr" or type(groups) is not int:
+        return None
+    weight = gm
+    for part in w.target.split("."):
+        weight = getattr(weight, part, None)
+    if not isinstance(weight, torch.Tensor) or weight.dim() != rank:
+        return None
+    return rank, weight.shape[1] * groups, weight.dtype, weight.device
+
+
 def justified_inputs(gm: fx.GraphModule) -> list | str:
     """Per placeholder, ``(rank, channels, dtype, device)`` read off the first layer that
     fixes its shape, or a string saying which input could not be justified."""
@@ -305,6 +327,10 @@ def justified_inputs(gm: fx.GraphModule) -> list | str:
                 if not u.args or u.args[0] is not n:
                     continue
                 cls = known_class(type(m), _JUSTIFYING) if m is not None else None
+                conv = _functional_conv_spec(gm, u) if u.op == "call_function" else None
+                if conv is not None:
+                    spec = conv
+                    break
                 if cls in _FIXES_RANK:
                     w = next(t for t in (getattr(m, "weight", None), m.running_mean
                                          if hasattr(m, "running_mean") else None) if t is not None)
