@@ -48,7 +48,7 @@ TIMM = ("resnet18", "resnet50d", "resnext26ts", "seresnet18", "resnetv2_50", "re
 TORCHVISION = ("resnet18", "mobilenet_v3_small", "mobilenet_v2", "efficientnet_b0",
                "regnet_x_400mf", "shufflenet_v2_x0_5", "squeezenet1_0", "googlenet", "mnasnet0_5",
                "densenet121", "resnext50_32x4d", "convnext_tiny", "maxvit_t", "swin_t")
-#: model configurations of ultralytics (not a dependency of reparam: ``pip install ultralytics``)
+#: model configurations of ultralytics (the extra ``ultralytics``; the tests do not need it)
 ULTRALYTICS = ("yolov3-tinyu", "yolov5nu", "yolov6n", "yolov8n", "yolov8n-seg", "yolov8n-cls",
                "yolov9t", "yolov10n", "yolo11n", "yolo11n-pose", "yolo12n", "rtdetr-l")
 TOL = 1e-9
