@@ -19,7 +19,8 @@ from onnx import TensorProto
 
 from ..errors import BadInputError
 from . import onnx_file
-from .onnx_check import _check_external_files, _first_line, sniff_non_onnx, validate
+from .onnx_check import (_check_external_files, _first_line, sniff_non_onnx, sorted_copy,
+                         topological_order, validate)
 from .onnx_file import PROTOBUF_LIMIT, _copy_fields_into, data_size
 from .onnx_lift import _SMALL, lift
 from .onnx_lower import lower
@@ -168,6 +169,12 @@ def fuse_model(model: onnx.ModelProto, rules, *, progress=None, what: str = "mod
     say = progress or (lambda msg: None)
     if not validated:
         validate(model, what)
+    original, notes = model, []
+    order = topological_order(model.graph.node)
+    if order is not None:
+        model = sorted_copy(model, order)
+        notes.append("note: the input's nodes were not in topological order (onnxruntime sorts "
+                      "them); the output's are")
     say("lifting")
     lifted = lift(model)
     say("rewriting")
@@ -176,6 +183,6 @@ def fuse_model(model: onnx.ModelProto, rules, *, progress=None, what: str = "mod
     fused = lower(lifted, release=True)
     for n in lifted.graph.nodes:  # the IR is cyclic (inputs <-> users): let its float64
         n.attrs.clear()           # weights go now, not at the next garbage collection
-    report.before, report.after = op_counts(model), op_counts(fused)
-    report.notes.extend(lifted.notes)
+    report.before, report.after = op_counts(original), op_counts(fused)
+    report.notes.extend(notes + lifted.notes)
     return fused, report

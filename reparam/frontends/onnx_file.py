@@ -17,7 +17,7 @@ wire format (:func:`raw_data_spans`) that reads only field headers.
 
 Also here: the size facts that decide how a model is checked and written
 (:data:`PROTOBUF_LIMIT`, :func:`data_size`), the protobuf field copies light
-copies are made with (:func:`_copy_fields`), and glibc malloc helpers.
+copies are made with (:func:`copy_fields`), and glibc malloc helpers.
 """
 from __future__ import annotations
 
@@ -106,7 +106,7 @@ def _copy_fields_into(dst, fd, val) -> None:
         setattr(dst, fd.name, val)
 
 
-def _copy_fields(src, dst, skip=()) -> None:
+def copy_fields(src, dst, skip=()) -> None:
     for fd, val in src.ListFields():
         if fd.name not in skip:
             _copy_fields_into(dst, fd, val)
@@ -138,8 +138,8 @@ def lazy_copy(model, path, min_bytes: int):
         return None
     path = os.path.abspath(path)
     light = ModelProto()
-    _copy_fields(model, light, skip=("graph",))
-    _copy_fields(model.graph, light.graph, skip=("initializer",))
+    copy_fields(model, light, skip=("graph",))
+    copy_fields(model.graph, light.graph, skip=("initializer",))
     lazy = 0
     for t in model.graph.initializer:
         span = spans.get(t.name)

@@ -49,7 +49,7 @@ from ..ir import OPAQUE, Graph, Node, TensorType
 from ..kernel import Conv, Refusal
 from . import onnx_file
 from .onnx_check import _check_bn_params, _first_line
-from .onnx_file import _copy_fields
+from .onnx_file import copy_fields
 
 #: initializers at most this many bytes keep their data in the copy used for shape inference
 _SMALL = 4096
@@ -85,10 +85,15 @@ class OutputsOrigin:
 
 # --- shape inference on a copy without the big tensors ----------------------------------
 def _light_copy(model: onnx.ModelProto) -> onnx.ModelProto:
-    """``model`` with its large initializers replaced by (unread) external references."""
+    """``model`` with its large initializers replaced by (unread) external references, and
+    without its value_info and the shapes of its outputs: what a file declares there may be
+    stale (e.g. a static size where the graph takes any), and inference would keep it."""
     light = onnx.ModelProto()
-    _copy_fields(model, light, skip=("graph",))
-    _copy_fields(model.graph, light.graph, skip=("initializer",))
+    copy_fields(model, light, skip=("graph",))
+    copy_fields(model.graph, light.graph, skip=("initializer", "value_info"))
+    for o in light.graph.output:
+        if o.type.HasField("tensor_type"):
+            o.type.tensor_type.ClearField("shape")
     for t in model.graph.initializer:
         if t.ByteSize() <= _SMALL or t.data_location == TensorProto.EXTERNAL:
             light.graph.initializer.append(t)
@@ -125,12 +130,18 @@ _EVALUABLE = frozenset({
     "Mul", "Add", "Sub", "Div", "Neg", "Sqrt", "Reciprocal", "Range", "Tile", "Flatten"})
 
 
+def overridable(graph) -> set[str]:
+    """Initializers that are also graph inputs: defaults a caller may replace, not constants."""
+    return {i.name for i in graph.input} & {t.name for t in graph.initializer}
+
+
 class _Constants:
     """Values of tensors computable from constants alone (cached)."""
 
     def __init__(self, model: onnx.ModelProto, types: dict):
         self.model = model
-        self.inits = {t.name: t for t in model.graph.initializer}
+        inputs = {i.name for i in model.graph.input}
+        self.inits = {t.name: t for t in model.graph.initializer if t.name not in inputs}
         self.producer = {o: n for n in model.graph.node for o in n.output if o}
         self.types = types  # name -> (elem_type, dims)
         self.cache: dict[str, np.ndarray | None] = {}
@@ -262,13 +273,19 @@ class _Lifter:
             value_info = []
         self.types = {}
         g = model.graph
-        for vi in list(g.input) + list(g.output) + list(g.value_info) + value_info:
+        for vi in list(g.input) + value_info:
             if not vi.type.HasField("tensor_type"):
                 continue
             new = (vi.type.tensor_type.elem_type, _dims(vi))
             old = self.types.get(vi.name)
             if old is None or _known(new[1]) > _known(old[1]):  # keep the most informative
                 self.types[vi.name] = (new[0] or old[0], new[1]) if old else new
+        for vi in g.value_info:  # what the file declares may be stale: only where inference
+            dims = _dims(vi)     # found no rank, and no more than rank and channels
+            if vi.type.HasField("tensor_type") and dims is not None \
+                    and self.dims(vi.name) is None:
+                dims = tuple(d if k == 1 else None for k, d in enumerate(dims))
+                self.types[vi.name] = (self.elem(vi.name) or vi.type.tensor_type.elem_type, dims)
         for t in g.initializer:
             self.types.setdefault(t.name, (t.data_type, tuple(t.dims)))
         self.consts = _Constants(model, self.types)
@@ -567,11 +584,16 @@ class _Lifter:
         g = self.model.graph
         graph = Graph()
         value_of: dict[str, Node] = {}
-        inits = {t.name for t in g.initializer}
-        for i in g.input:
-            if i.name not in inits:
-                value_of[i.name] = graph.add(OPAQUE, [], {"label": "<input>"}, i.name,
-                                             origin=TensorOrigin(i.name), type=self.ir_type(i.name))
+        defaults = overridable(g)
+        if defaults:
+            self.notes.append(
+                f"note: {len(defaults)} initializers are also graph inputs (e.g. "
+                f"{sorted(defaults)[0]!r}): a caller may feed other values, so they are not "
+                "constants and nothing that reads them is folded (export without "
+                "keep_initializers_as_inputs to fold them)")
+        for i in g.input:  # an initializer listed as an input is an input (see overridable)
+            value_of[i.name] = graph.add(OPAQUE, [], {"label": "<input>"}, i.name,
+                                         origin=TensorOrigin(i.name), type=self.ir_type(i.name))
         for index, (gnode, node) in enumerate(zip(self.gs_graph.nodes, g.node)):
             label = node.name or (node.output[0] if node.output else node.op_type)
             lifted = self.classify(gnode, node, value_of)

@@ -17,7 +17,7 @@ from onnx import helper
 from ..ir import Node
 from ..kernel import Conv
 from . import onnx_file
-from .onnx_file import _copy_fields
+from .onnx_file import copy_fields
 from .onnx_lift import (_NP_FLOAT, Lifted, NodeOrigin, OutputsOrigin, TensorOrigin,
                         _implicit_inputs, infer_value_info)
 
@@ -76,6 +76,31 @@ def _early(nodes, source) -> list:
     return out
 
 
+def _wanted_names(graph, sink) -> dict:
+    """The original tensor name each new node's value must have: the graph output, or the
+    name a subgraph reads, that it now computes (the first such; others are copies)."""
+    wanted: dict[Node, str] = {}
+    for name, src in zip(sink.origin.names, sink.inputs):
+        if src.origin is None:
+            wanted.setdefault(src, name)
+    for n in graph.nodes:
+        if isinstance(n.origin, NodeOrigin):
+            for slot, src in zip(n.origin.slots, n.inputs):
+                if isinstance(slot, str) and src.origin is None:
+                    wanted.setdefault(src, slot)
+    return wanted
+
+
+def _take_name(n, wanted, value, fresh) -> None:
+    """Rename the new value of ``n`` (which nothing reads yet) to its wanted name, if any."""
+    name = wanted.get(n)
+    if name is not None:
+        producer = fresh.pop(value[n])
+        producer.output[0] = name
+        fresh[name] = producer
+        value[n] = name
+
+
 def _add_initializer(graph, name: str, array: np.ndarray) -> None:
     """``numpy_helper.from_array(array, name)`` built in ``graph`` itself (a TensorProto
     appended to a graph is copied: a large weight would be in memory twice)."""
@@ -104,7 +129,14 @@ def lower(lifted: Lifted, release: bool = False) -> onnx.ModelProto:
     source: dict[int, int] = {}  # id of an emitted copy -> index of the node it copies
     inits: list[tuple] = []  # (name, array or (node, field), dtype): made in ``out`` itself
     fresh: dict[str, onnx.NodeProto] = {}  # tensor made here -> its producer
-    restored: set[str] = set()
+    wanted = _wanted_names(graph, lifted.sink)
+    copied: set[str] = set()  # names an Identity defines (each once)
+
+    def copy_as(src_name, name, why):
+        if name not in copied:
+            copied.add(name)
+            nodes.append(helper.make_node("Identity", [src_name], [name],
+                                          name=node_names.fresh(name + why)))
 
     for n in graph.nodes:
         o = n.origin
@@ -114,10 +146,8 @@ def lower(lifted: Lifted, release: bool = False) -> onnx.ModelProto:
             for slot, src in zip(o.slots, n.inputs):
                 if isinstance(slot, int):
                     p.input[slot] = value[src]
-                elif value[src] != slot and slot not in restored:  # a subgraph reads it by name
-                    restored.add(slot)
-                    nodes.append(helper.make_node("Identity", [value[src]], [slot],
-                                                  name=node_names.fresh(slot + "/reparam_restore")))
+                elif value[src] != slot:  # a subgraph reads it by name
+                    copy_as(value[src], slot, "/reparam_restore")
             nodes.append(p)
             source[id(p)] = o.index
             if len(p.output) == 1:
@@ -142,6 +172,7 @@ def lower(lifted: Lifted, release: bool = False) -> onnx.ModelProto:
             nodes.append(p)
             fresh[out] = p
             value[n] = out
+            _take_name(n, wanted, value, fresh)
         elif n.op == "add":  # sum(c_i * x_i): Add / Sub, Neg or Mul by a constant otherwise
             base = node_names.fresh(n.name or "add")
             dt = np.dtype(n.type.dtype)
@@ -168,28 +199,20 @@ def lower(lifted: Lifted, release: bool = False) -> onnx.ModelProto:
             coeffs = n.attrs.get("coeffs") or (1.0,) * len(n.inputs)
             if len(n.inputs) > 2 and all(c == 1 for c in coeffs):  # one node, as a Sum was
                 value[n] = emit("Sum", [value[i] for i in n.inputs])
-                continue
-            acc = scaled(value[n.inputs[0]], coeffs[0])
-            for c, i in zip(coeffs[1:], n.inputs[1:]):
-                acc = emit("Sub", [acc, value[i]]) if c == -1 else emit("Add", [acc, scaled(value[i], c)])
-            value[n] = acc
+            else:
+                acc = scaled(value[n.inputs[0]], coeffs[0])
+                for c, i in zip(coeffs[1:], n.inputs[1:]):
+                    acc = emit("Sub", [acc, value[i]]) if c == -1 else \
+                        emit("Add", [acc, scaled(value[i], c)])
+                value[n] = acc
+            _take_name(n, wanted, value, fresh)
         else:
             raise NotImplementedError(f"the ONNX frontend cannot lower new node {n}")
 
-    # graph outputs keep their names: rename a fresh tensor, else copy through an Identity
+    # graph outputs keep their names (a new node already computes its own under it)
     for name, src in zip(lifted.sink.origin.names, lifted.sink.inputs):
-        v = value[src]
-        if v == name:
-            continue
-        if v in fresh and v not in {o.name for o in g.output}:
-            for p in nodes:
-                p.input[:] = [name if i == v else i for i in p.input]
-            fresh[v].output[0] = name
-            fresh[name] = fresh.pop(v)
-            value[src] = name  # a later output of the same value copies the new name
-        else:
-            nodes.append(helper.make_node("Identity", [v], [name],
-                                          name=node_names.fresh(name + "/reparam_output")))
+        if value[src] != name:
+            copy_as(value[src], name, "/reparam_output")
 
     nodes = _early(nodes, source)
     # drop what only folded nodes needed; keep whatever was already unused in the input
@@ -202,8 +225,8 @@ def lower(lifted: Lifted, release: bool = False) -> onnx.ModelProto:
     used_after = _used_names(kept, outputs)
 
     out = onnx.ModelProto()
-    _copy_fields(model, out, skip=("graph",))
-    _copy_fields(g, out.graph, skip=("node", "initializer", "value_info"))
+    copy_fields(model, out, skip=("graph",))
+    copy_fields(g, out.graph, skip=("node", "initializer", "value_info"))
     out.graph.node.extend(kept)
     listed = {i.name for i in g.input}  # an initializer listed as graph input stays with it
     for t in g.initializer:
