@@ -219,8 +219,9 @@ def _run(args, out, shapes, checks, progress) -> int:
         from .check_onnx import random_inputs, verify
 
         feeds = random_inputs(original, checks, shapes, seed=args.seed)  # bad shapes fail early
+    blocks: list = []
     fused, report = fuse_model(original, default_rules(), progress=progress, what=args.input,
-                               validated=True)
+                               validated=True, blocks=blocks)
     del original  # the check reads IN itself: a large model is held in memory once, not twice
     # written beside OUT first, so that onnxruntime checks the file itself; moved to OUT
     # once it passes, deleted otherwise
@@ -244,7 +245,7 @@ def _run(args, out, shapes, checks, progress) -> int:
             tolerances: dict = {}
             try:
                 worst = verify(args.input, staged, feeds, args.rtol, progress=progress,
-                               tolerances=tolerances)
+                               tolerances=tolerances, blocks=blocks)
             except VerificationError:
                 if args.report:
                     _write_report(args.report, report, args, out, None, written=False)

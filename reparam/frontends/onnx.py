@@ -89,9 +89,13 @@ def save(model: onnx.ModelProto, path, external: bool | None = None) -> None:
         data_name = base + ".data"
         if external:
             work = onnx.ModelProto()
-            work.CopyFrom(model)  # save_as_external_data rewrites the proto it is given
-            onnx.save(work, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
-                      location=data_name, size_threshold=1024)
+            work.CopyFrom(model)  # marking tensors external rewrites the proto
+            # (not save_as_external_data=True: it refuses when a file named like the data
+            # file lies in the current directory, whatever the folder it writes to)
+            for t in _initializers(work.graph):
+                if t.HasField("raw_data") and len(t.raw_data) >= 1024:
+                    onnx.external_data_helper.set_external_data(t, data_name)
+            onnx.save(work, tmp)  # writes the marked tensors to data_name beside tmp
             if os.path.exists(os.path.join(tmpdir, data_name)):
                 os.replace(os.path.join(tmpdir, data_name), os.path.join(folder, data_name))
         elif _element_bytes(model) >= LAZY_FILE_BYTES:
@@ -103,6 +107,15 @@ def save(model: onnx.ModelProto, path, external: bool | None = None) -> None:
         for f in os.listdir(tmpdir):
             os.unlink(os.path.join(tmpdir, f))
         os.rmdir(tmpdir)
+
+
+def _initializers(graph):
+    """The initializers of ``graph`` and of its subgraphs (If/Loop/Scan bodies)."""
+    yield from graph.initializer
+    for n in graph.node:
+        for a in n.attribute:
+            for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                yield from _initializers(sub)
 
 
 def _element_bytes(model: onnx.ModelProto) -> int:
@@ -158,11 +171,13 @@ def op_counts(model: onnx.ModelProto) -> Counter:
 
 
 def fuse_model(model: onnx.ModelProto, rules, *, progress=None, what: str = "model",
-               validated: bool = False):
+               validated: bool = False, blocks: list | None = None):
     """Fold ``model`` (not modified) with ``rules``; returns ``(ModelProto, Report)``.
 
     The report's ``before``/``after`` are ONNX operator counts. ``validated``:
-    the model came from :func:`load`, which already checked it.
+    the model came from :func:`load`, which already checked it. ``blocks``, a list,
+    receives the values the fused model computes anew
+    (:class:`~reparam.frontends.onnx_lower.Block`), for the check.
     """
     from ..rewrite import run
 
@@ -180,7 +195,7 @@ def fuse_model(model: onnx.ModelProto, rules, *, progress=None, what: str = "mod
     say("rewriting")
     report = run(lifted.graph, rules)
     say("lowering")
-    fused = lower(lifted, release=True)
+    fused = lower(lifted, release=True, blocks=blocks)
     for n in lifted.graph.nodes:  # the IR is cyclic (inputs <-> users): let its float64
         n.attrs.clear()           # weights go now, not at the next garbage collection
     report.before, report.after = op_counts(original), op_counts(fused)

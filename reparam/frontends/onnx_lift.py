@@ -252,6 +252,29 @@ def _implicit_inputs(node) -> list[str]:
     return sorted(names)
 
 
+class LiftedGraph(Graph):
+    """The IR of an ONNX graph, remembering which node's value each replaced node's value
+    now is (``replaced[old] = new``): the values a rewrite recomputes, which the check
+    compares (see :func:`reparam.frontends.onnx_lower.lower`)."""
+
+    def __init__(self):
+        super().__init__()
+        self.replaced: dict[Node, Node] = {}
+
+    def replace(self, old: Node, new: Node) -> None:
+        self.replaced[old] = new
+        super().replace(old, new)
+        if not old.alive:  # kept for its name and origin only: its weights may go
+            old.attrs.clear()
+            old.inputs = []
+
+    def now(self, node: Node) -> Node:
+        """The node computing ``node``'s value after the rewrites."""
+        while node in self.replaced:
+            node = self.replaced[node]
+        return node
+
+
 class Lifted:
     """Everything lowering needs besides the IR: the original model and lifting notes."""
 
@@ -448,7 +471,7 @@ class _Lifter:
         if len(node.output) != 1 or node.input[0] not in computed:
             return None
         x = node.input[0]
-        attrs = {"eps": float(gnode.attrs.get("epsilon", 1e-5))}
+        attrs = {"eps": float(gnode.attrs.get("epsilon", np.float32(1e-5)))}  # a float attr
         dtype = self._float_dtype(x)
         params = [self.const(n) for n in node.input[1:5]]
         if len(params) == 4 and all(p is not None for p in params):
@@ -582,7 +605,7 @@ class _Lifter:
     # the whole graph ------------------------------------------------------------------
     def lift(self) -> Lifted:
         g = self.model.graph
-        graph = Graph()
+        graph = LiftedGraph()
         value_of: dict[str, Node] = {}
         defaults = overridable(g)
         if defaults:

@@ -10,6 +10,8 @@ dimensions), opset imports, metadata and every other model field are kept.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import onnx
 from onnx import helper
@@ -76,6 +78,52 @@ def _early(nodes, source) -> list:
     return out
 
 
+@dataclass(frozen=True)
+class Block:
+    """A value of the original model that the fused model computes with new nodes: the
+    output of the folded node ``label``, tensor ``original`` there, ``fused`` here;
+    ``inner``: the original's tensors it was computed from that the fused model no longer
+    has, and those it reads (whose magnitudes set how finely float32 can round it)."""
+
+    label: str
+    original: str
+    fused: str
+    inner: tuple = ()
+
+
+def _blocks(lifted: Lifted, value: dict, emitted: set) -> list[Block]:
+    """One :class:`Block` per new node whose value replaces an original node's;
+    ``emitted``: indices of the original nodes the fused model keeps."""
+    graph, g = lifted.graph, lifted.model.graph
+    producer = {o: k for k, n in enumerate(g.node) for o in n.output if o}
+    found: dict[Node, Block] = {}
+    for old in graph.replaced:
+        new = graph.now(old)
+        if not isinstance(old.origin, NodeOrigin) or new.origin is not None or not new.alive \
+                or new not in value or new in found:
+            continue
+        out = g.node[old.origin.index].output[0]
+        found[new] = Block(old.name, out, value[new], _region(g, producer, out, emitted))
+    return list(found.values())
+
+
+def _region(g, producer: dict, name: str, emitted: set) -> tuple:
+    """Tensors ``name`` is computed from, back to (and including) those the fused model
+    still has: the computed ones, not initializers or constants."""
+    inputs = {x.name for x in g.input}
+    seen, stack = set(), [name]
+    while stack:
+        k = producer.get(stack.pop())
+        if k is None or k in emitted:
+            continue
+        for i in g.node[k].input:
+            computed = i in inputs or (i in producer and g.node[producer[i]].op_type != "Constant")
+            if computed and i not in seen:
+                seen.add(i)
+                stack.append(i)
+    return tuple(sorted(seen))
+
+
 def _wanted_names(graph, sink) -> dict:
     """The original tensor name each new node's value must have: the graph output, or the
     name a subgraph reads, that it now computes (the first such; others are copies)."""
@@ -111,11 +159,12 @@ def _add_initializer(graph, name: str, array: np.ndarray) -> None:
     t.raw_data = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
 
 
-def lower(lifted: Lifted, release: bool = False) -> onnx.ModelProto:
+def lower(lifted: Lifted, release: bool = False, blocks: list | None = None) -> onnx.ModelProto:
     """The ONNX model computing ``lifted.graph`` (see the module docstring).
 
     ``release``: drop each new conv's float64 kernel from the IR once its
     initializers are written (the IR cannot be lowered again afterwards).
+    ``blocks``, a list, receives a :class:`Block` for each value a rewrite computes anew.
     """
     model, graph = lifted.model, lifted.graph
     g = model.graph
@@ -221,6 +270,8 @@ def lower(lifted: Lifted, release: bool = False) -> onnx.ModelProto:
     live_after = _live(nodes, outputs)
     kept = [p for p, ok in zip(nodes, live_after)
             if ok or (id(p) in source and not live_before[source[id(p)]])]
+    if blocks is not None:
+        blocks.extend(_blocks(lifted, value, {source[id(p)] for p in kept if id(p) in source}))
     used_before = _used_names(list(g.node), outputs)
     used_after = _used_names(kept, outputs)
 
