@@ -139,7 +139,7 @@ def _scale(a) -> float:
     return float(np.abs(np.asarray(a, np.float64)).max(initial=0))
 
 
-def _block_check(block, ref: dict, noisy: dict, got) -> None:
+def _block_check(block, ref: dict, noisy: dict, got) -> tuple[float, float]:
     """Raise VerificationError unless the fused value of ``block`` is the original's up to
     :data:`NOISE_FACTOR` times the original's own noise, or :data:`ULP_FLOOR` ulp of the
     largest magnitude it is computed from (``ref``, ``noisy``: the original's values)."""
@@ -148,7 +148,7 @@ def _block_check(block, ref: dict, noisy: dict, got) -> None:
         if not np.array_equal(r, got):
             raise VerificationError(f"folded block {block.label!r} (tensor {block.original!r}) "
                                     "computes other values")
-        return
+        return 0.0, 0.0
     noise, diff = _diff(noisy[block.original], r), _diff(got, r)
     scale = max([_scale(r)] + [_scale(ref[n]) for n in block.inner
                                if np.asarray(ref[n]).dtype.kind == "f"])
@@ -160,10 +160,12 @@ def _block_check(block, ref: dict, noisy: dict, got) -> None:
             f"{diff:.3g}, while the original itself moves by {noise:.3g} when its weights are "
             f"rounded differently (tolerance {tol:.3g}: {NOISE_FACTOR}x that, at least "
             f"{ULP_FLOOR} ulp of {scale:.3g}, the largest magnitude it is computed from)")
+    return (diff / tol if tol else 0.0), tol
 
 
 def verify(reference, fused, feeds: list[dict], rtol: float | None = None,
-           progress=None, tolerances: dict | None = None, blocks=()) -> float:
+           progress=None, tolerances: dict | None = None, blocks=(),
+           summary: dict | None = None) -> float:
     """Raise VerificationError unless ``fused`` matches ``reference`` on every feed.
 
     ``reference`` and ``fused`` are ``onnx.ModelProto`` or paths of ONNX files;
@@ -172,12 +174,15 @@ def verify(reference, fused, feeds: list[dict], rtol: float | None = None,
     weights moved by one ulp (:func:`~reparam.check_run.perturbed`): how far its values
     move is its own rounding noise. Each block's value must be the original's up to
     :data:`NOISE_FACTOR` times that noise (or :data:`ULP_FLOOR` ulp of the largest value it
-    is computed from); each other output up to ``rtol * max|ref|`` (``rtol`` given: every
-    output), else up to the larger of :data:`RTOL` of its type and the noise bound. An integer output is compared exactly, unless the noise changes
+    is computed from); each output up to ``rtol * max|ref|`` (``rtol`` given), else up to
+    the largest of :data:`RTOL` of its type, the noise bound and (an output a fold
+    computes) its block's tolerance. An integer output is compared exactly, unless the noise changes
     it too (it follows a discrete choice such as TopK on values that rounding reorders):
     then the blocks before it stand for it. Returns the worst output ratio.
     ``tolerances``, a dict, receives the relative tolerance used per output dtype
-    (``{"float32": 1e-4}``; None for outputs compared exactly).
+    (``{"float32": 1e-4}``; None for outputs compared exactly); ``summary``, a dict,
+    ``blocks`` (how many were compared) and ``block_worst`` (the largest fraction of its
+    tolerance a block's difference reached).
 
     Models run on onnxruntime, or on the ONNX reference evaluator when onnxruntime has no
     kernel for the input model (float64 convolutions); one model at a time.
@@ -202,18 +207,23 @@ def verify(reference, fused, feeds: list[dict], rtol: float | None = None,
         got = run_feeds(engine, with_outputs(load_model(fused), fused_probes), fused_probes, feeds)
     except Exception as e:
         raise VerificationError(f"{engine} cannot run the fused model: {_first_line(e)}") from e
-    worst, checked = 0.0, {b.original for b in blocks}
+    worst = block_worst = 0.0
     for r, p, g_ in zip(refs, noisy, got):
+        bound = {}  # an output a fold computes may differ as much as its block may
         for b in blocks:
-            _block_check(b, r, p, g_[b.fused])
-        for name in names:  # (an output a fold computes was compared as a block)
-            if name not in checked or rtol is not None:
-                worst = max(worst, _output_check(name, r[name], p[name], g_[name], rtol,
-                                                 tolerances))
+            fraction, bound[b.original] = _block_check(b, r, p, g_[b.fused])
+            block_worst = max(block_worst, fraction)
+        for name in names:
+            worst = max(worst, _output_check(name, r[name], p[name], g_[name], rtol,
+                                             tolerances, bound.get(name, 0.0)))
+    if summary is not None:
+        summary.update(blocks=len(blocks), block_worst=block_worst)
     return worst
 
 
-def _output_check(name, ref, noisy, got, rtol, tolerances) -> float:
+def _output_check(name, ref, noisy, got, rtol, tolerances, bound: float) -> float:
+    """``max|got - ref| / max|ref|``, or VerificationError above the tolerance (see
+    :func:`verify`; ``bound``: what the output's block may differ by, if it is one)."""
     r, g_ = np.asarray(ref), np.asarray(got)
     if r.shape != g_.shape:
         raise VerificationError(f"output {name!r}: shape {g_.shape} != {r.shape}")
@@ -229,7 +239,7 @@ def _output_check(name, ref, noisy, got, rtol, tolerances) -> float:
     if rtol is not None:
         tol = rtol
     else:
-        noise = NOISE_FACTOR * _diff(noisy, r) / scale if scale else 0.0
+        noise = (max(NOISE_FACTOR * _diff(noisy, r), bound) / scale) if scale else 0.0
         tol = max(RTOL.get(helper.np_dtype_to_tensor_dtype(r.dtype), 1e-4), noise)
     if tolerances is not None:
         tolerances[str(r.dtype)] = max(tol, tolerances.get(str(r.dtype)) or 0.0)

@@ -9,6 +9,8 @@ ONNX                   IR
 =====================  ========================================================
 Conv                   ``conv`` (weight and bias constant; any groups, dilation,
                        explicit pads, ``auto_pad`` NOTSET/VALID/SAME_*)
+Gemm, MatMul           ``conv`` without spatial dimensions (a linear layer): on an
+                       ``(N, K)`` input, ``B`` (and Gemm's ``C``) constant
 BatchNormalization     ``bn`` (inference form; ``ndim`` = input rank - 2)
 Add, Sum               ``add`` (every operand a computed tensor of one shape)
 Add/Sub/Mul/Div by a   ``bn`` with mean 0, var 1, eps 0 (``y = weight*x + bias``
@@ -362,7 +364,7 @@ class _Lifter:
 
     def channels(self, name) -> int | None:
         d = self.dims(name)
-        return d[1] if d is not None and len(d) >= 3 and isinstance(d[1], int) and d[1] > 0 else None
+        return d[1] if d is not None and len(d) >= 2 and isinstance(d[1], int) and d[1] > 0 else None
 
     def ir_type(self, name) -> TensorType | None:
         """The IR type of tensor ``name`` (a dim_param or unknown size is dynamic)."""
@@ -390,7 +392,8 @@ class _Lifter:
         if len(node.output) != 1:
             return None
         fn = getattr(self, "_" + op.lower(), None) if op in (
-            "Conv", "Add", "Sum", "Sub", "Mul", "Div", "Identity", "Pad", "AveragePool") else None
+            "Conv", "Add", "Sum", "Sub", "Mul", "Div", "Identity", "Pad", "AveragePool", "Gemm",
+            "MatMul") else None
         return fn(gnode, node, computed) if fn else None
 
     def _keep(self, node, why):
@@ -437,6 +440,40 @@ class _Lifter:
         except ValueError as e:
             raise BadInputError(f"Conv {node.name!r}: {e}") from e
         return "conv", {"kernel": conv}, (0,)
+
+    def _gemm(self, gnode, node, computed):
+        """``alpha * A @ op(B) + beta * C`` on an ``(N, K)`` input with constant ``B`` and ``C``:
+        a linear layer (a conv without spatial dimensions)."""
+        a = gnode.attrs
+        x = node.input[0]
+        b = node.input[2] if len(node.input) > 2 else ""
+        wv, bv = self.const(node.input[1]), self.const(b) if b else None
+        if x not in computed or a.get("transA", 0) or wv is None or (b and bv is None):
+            return None
+        if wv.ndim != 2 or wv.dtype.kind != "f" or self._float_dtype(x) is None:
+            return None
+        w = np.array(wv, dtype=np.float64) * float(a.get("alpha", 1.0))
+        w = w if a.get("transB", 0) else w.T
+        bias = np.zeros(w.shape[0])
+        if bv is not None:
+            if bv.size not in (1, w.shape[0]) or bv.ndim > 2 or bv.ndim == 2 and bv.shape[0] != 1:
+                return None  # a bias per row (or of another size): not a linear layer's
+            bias = np.broadcast_to(np.asarray(bv, np.float64).reshape(-1), w.shape[:1]) \
+                * float(a.get("beta", 1.0))
+        return self._linear(x, w, bias)
+
+    def _matmul(self, gnode, node, computed):
+        x, wv = node.input[0], self.const(node.input[1])
+        if x not in computed or wv is None or wv.ndim != 2 or wv.dtype.kind != "f" \
+                or self._float_dtype(x) is None:
+            return None
+        return self._linear(x, np.array(wv, dtype=np.float64).T, np.zeros(wv.shape[1]))
+
+    def _linear(self, x, weight, bias):
+        dims = self.dims(x)
+        if dims is None or len(dims) != 2 or self.channels(x) != weight.shape[1]:
+            return None
+        return "conv", {"kernel": Conv(weight, bias.copy(), (), (), ())}, (0,)
 
     def _pads(self, node, a, nd, ks, stride, dil, x):
         auto = a.get("auto_pad", "NOTSET") or "NOTSET"

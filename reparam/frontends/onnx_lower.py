@@ -176,7 +176,7 @@ def lower(lifted: Lifted, release: bool = False, blocks: list | None = None) -> 
     value: dict[Node, str] = {}
     nodes: list[onnx.NodeProto] = []
     source: dict[int, int] = {}  # id of an emitted copy -> index of the node it copies
-    inits: list[tuple] = []  # (name, array or (node, field), dtype): made in ``out`` itself
+    inits: list[tuple] = []  # (name, array or (node, field[, shape]), dtype): made in ``out``
     fresh: dict[str, onnx.NodeProto] = {}  # tensor made here -> its producer
     wanted = _wanted_names(graph, lifted.sink)
     copied: set[str] = set()  # names an Identity defines (each once)
@@ -213,11 +213,20 @@ def lower(lifted: Lifted, release: bool = False, blocks: list | None = None) -> 
             inits.append((w, (n, "weight"), dt))
             inits.append((b, (n, "bias"), dt))
             out = tensors.fresh(name + "_output_0")
-            p = helper.make_node(
-                "Conv", [value[n.inputs[0]], w, b], [out], name=name,
-                dilations=list(conv.dilation), group=conv.groups, kernel_shape=list(conv.kernel_size),
-                pads=[p_[0] for p_ in conv.pads] + [p_[1] for p_ in conv.pads],
-                strides=list(conv.stride))
+            x = value[n.inputs[0]]
+            if conv.ndim == 0 and conv.groups > 1:  # per-channel (N, C): x * w + b
+                inits[-2] = (w, (n, "weight", (conv.out_channels,)), dt)
+                scaled = tensors.fresh(name + "_scaled")
+                nodes.append(helper.make_node("Mul", [x, w], [scaled], name=name))
+                p = helper.make_node("Add", [scaled, b], [out], name=node_names.fresh(name))
+            elif conv.ndim == 0:  # a linear layer
+                p = helper.make_node("Gemm", [x, w, b], [out], name=name, transB=1)
+            else:
+                p = helper.make_node(
+                    "Conv", [x, w, b], [out], name=name, dilations=list(conv.dilation),
+                    group=conv.groups, kernel_shape=list(conv.kernel_size),
+                    pads=[p_[0] for p_ in conv.pads] + [p_[1] for p_ in conv.pads],
+                    strides=list(conv.stride))
             nodes.append(p)
             fresh[out] = p
             value[n] = out
@@ -289,6 +298,8 @@ def lower(lifted: Lifted, release: bool = False, blocks: list | None = None) -> 
     for k, (name, src, dt) in enumerate(inits):
         inits[k] = None
         array = getattr(src[0].attrs["kernel"], src[1]) if isinstance(src, tuple) else src
+        if isinstance(src, tuple) and len(src) > 2:
+            array = array.reshape(src[2])
         if name in used_after:
             _add_initializer(out.graph, name, array.astype(dt))
         del array
