@@ -12,10 +12,14 @@ Conv                   ``conv`` (weight and bias constant; any groups, dilation,
 Gemm, MatMul           ``conv`` without spatial dimensions (a linear layer): on an
                        ``(N, K)`` input, ``B`` (and Gemm's ``C``) constant
 BatchNormalization     ``bn`` (inference form; ``ndim`` = input rank - 2)
-Add, Sum               ``add`` (every operand a computed tensor of one shape)
+Add, Sum               ``add`` (every operand a computed tensor of one shape; a
+                       one-input Sum is an ``identity``)
 Add/Sub/Mul/Div by a   ``bn`` with mean 0, var 1, eps 0 (``y = weight*x + bias``
-per-channel constant   exactly): a layer scale or shift
-Identity               ``identity``
+per-channel constant,  exactly): a layer scale or shift, a negation
+Neg
+ConvTranspose          ``conv_transpose`` (weight and bias constant, explicit pads)
+Identity, Dropout      ``identity`` (Dropout: inference, no mask read, no
+                       ``training_mode`` input)
 Pad (constant 0)       ``conv``: identity kernel with the padding
 AveragePool            ``conv``: :func:`reparam.kernel.avgpool`
 anything else          opaque (``op`` is the op type)
@@ -389,11 +393,13 @@ class _Lifter:
         outs = [o for o in node.output if o]
         if op == "BatchNormalization":
             return self._bn(gnode, node, computed, outs)
+        if op == "Dropout" and len(node.output) == 1 and node.output[0] and not any(node.input[2:]):
+            return self._identity(gnode, node, computed)  # inference: y = x (no mask read)
         if len(node.output) != 1:
             return None
         fn = getattr(self, "_" + op.lower(), None) if op in (
-            "Conv", "Add", "Sum", "Sub", "Mul", "Div", "Identity", "Pad", "AveragePool", "Gemm",
-            "MatMul") else None
+            "Conv", "Add", "Sum", "Sub", "Mul", "Div", "Neg", "Identity", "Pad", "AveragePool",
+            "Gemm", "MatMul", "ConvTranspose") else None
         return fn(gnode, node, computed) if fn else None
 
     def _keep(self, node, why):
@@ -535,6 +541,8 @@ class _Lifter:
 
     def _sum(self, gnode, node, computed):
         ins = list(node.input)
+        if node.op_type == "Sum" and len(ins) == 1:
+            return self._identity(gnode, node, computed)
         if len(ins) < 2 or any(i not in computed or self.const(i) is not None for i in ins):
             return None
         dtype = self._float_dtype(ins[0])
@@ -556,6 +564,37 @@ class _Lifter:
         return self._affine(node, computed)
 
     _mul = _div = lambda self, gnode, node, computed: self._affine(node, computed)
+
+    def _neg(self, gnode, node, computed):
+        """``-x``: the per-channel affine ``-1 * x + 0``."""
+        x = node.input[0]
+        chans = self.channels(x)
+        if x not in computed or chans is None or self._float_dtype(x) is None:
+            return None
+        return "bn", {"mean": np.zeros(chans), "var": np.ones(chans), "eps": 0.0,
+                      "weight": -np.ones(chans), "bias": np.zeros(chans), "affine": "Neg"}, (0,)
+
+    def _convtranspose(self, gnode, node, computed):
+        x, a = node.input[0], gnode.attrs
+        b = node.input[2] if len(node.input) > 2 else ""
+        wv, bv = self.const(node.input[1]), self.const(b) if b else None
+        if x not in computed or wv is None or (b and bv is None) or wv.ndim < 3 \
+                or wv.dtype.kind != "f" or self._float_dtype(x) is None:
+            return None
+        if (a.get("auto_pad", "NOTSET") or "NOTSET") != "NOTSET" or "output_shape" in a:
+            return self._keep(node, "a transposed conv sized by auto_pad or output_shape")
+        nd, group = wv.ndim - 2, int(a.get("group", 1))
+        p = list(a.get("pads", [0] * 2 * nd))
+        out_c = wv.shape[1] * group
+        bias = np.zeros(out_c) if bv is None else np.array(bv, dtype=np.float64).reshape(-1)
+        try:
+            ct = kernel.ConvTranspose(np.array(wv, dtype=np.float64, copy=True), bias,
+                                      tuple(a.get("strides", [1] * nd)), tuple(zip(p[:nd], p[nd:])),
+                                      tuple(a.get("dilations", [1] * nd)),
+                                      tuple(a.get("output_padding", [0] * nd)), group)
+        except ValueError as e:
+            raise BadInputError(f"ConvTranspose {node.name!r}: {e}") from e
+        return "conv_transpose", {"kernel": ct}, (0,)
 
     def _affine(self, node, computed):
         """``x op c`` (or ``c op x`` for Add/Mul/Sub) with ``c`` constant per channel."""

@@ -10,6 +10,7 @@ dimensions), opset imports, metadata and every other model field are kept.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -149,6 +150,32 @@ def _take_name(n, wanted, value, fresh) -> None:
         value[n] = name
 
 
+def _is_noop(p) -> bool:
+    """An Identity, or an inference Dropout (no mask read, no training_mode input)."""
+    if p.domain not in ("", "ai.onnx") or not p.input or not p.output[0]:
+        return False
+    if p.op_type == "Identity":
+        return True
+    return p.op_type == "Dropout" and not any(p.output[1:]) and not any(p.input[2:])
+
+
+def _bypass_noops(nodes, outputs) -> list:
+    """``nodes`` without their no-ops (:func:`_is_noop`) whose output is no graph output and
+    read by no subgraph: their readers read the no-op's input instead."""
+    protected = set(outputs)
+    for p in nodes:
+        protected.update(_implicit_inputs(p))
+    alias: dict[str, str] = {}
+    kept = []
+    for p in nodes:
+        p.input[:] = [alias.get(i, i) for i in p.input]
+        if _is_noop(p) and p.output[0] not in protected:
+            alias[p.output[0]] = p.input[0]
+        else:
+            kept.append(p)
+    return kept
+
+
 def _add_initializer(graph, name: str, array: np.ndarray) -> None:
     """``numpy_helper.from_array(array, name)`` built in ``graph`` itself (a TensorProto
     appended to a graph is copied: a large weight would be in memory twice)."""
@@ -231,6 +258,23 @@ def lower(lifted: Lifted, release: bool = False, blocks: list | None = None) -> 
             fresh[out] = p
             value[n] = out
             _take_name(n, wanted, value, fresh)
+        elif n.op == "conv_transpose":
+            ct = n.attrs["kernel"]
+            dt = np.dtype(n.type.dtype)
+            name = node_names.fresh(n.name or "conv_transpose")
+            w, b = tensors.fresh(name + ".weight"), tensors.fresh(name + ".bias")
+            inits.append((w, (n, "weight"), dt))
+            inits.append((b, (n, "bias"), dt))
+            out = tensors.fresh(name + "_output_0")
+            p = helper.make_node(
+                "ConvTranspose", [value[n.inputs[0]], w, b], [out], name=name,
+                dilations=list(ct.dilation), group=ct.groups, kernel_shape=list(ct.weight.shape[2:]),
+                pads=[q[0] for q in ct.pads] + [q[1] for q in ct.pads], strides=list(ct.stride),
+                output_padding=list(ct.output_padding))
+            nodes.append(p)
+            fresh[out] = p
+            value[n] = out
+            _take_name(n, wanted, value, fresh)
         elif n.op == "add":  # sum(c_i * x_i): Add / Sub, Neg or Mul by a constant otherwise
             base = node_names.fresh(n.name or "add")
             dt = np.dtype(n.type.dtype)
@@ -279,6 +323,7 @@ def lower(lifted: Lifted, release: bool = False, blocks: list | None = None) -> 
     live_after = _live(nodes, outputs)
     kept = [p for p, ok in zip(nodes, live_after)
             if ok or (id(p) in source and not live_before[source[id(p)]])]
+    kept = _bypass_noops(kept, outputs)
     if blocks is not None:
         blocks.extend(_blocks(lifted, value, {source[id(p)] for p in kept if id(p) in source}))
     used_before = _used_names(list(g.node), outputs)
@@ -295,16 +340,27 @@ def lower(lifted: Lifted, release: bool = False, blocks: list | None = None) -> 
                 onnx_file.materialize(t, out.graph.initializer.add())
             else:
                 out.graph.initializer.append(t)
+    made: dict[tuple, str] = {}  # (dtype, shape, digest) -> name: equal new tensors are one
+    same: dict[str, str] = {}
     for k, (name, src, dt) in enumerate(inits):
         inits[k] = None
         array = getattr(src[0].attrs["kernel"], src[1]) if isinstance(src, tuple) else src
         if isinstance(src, tuple) and len(src) > 2:
             array = array.reshape(src[2])
         if name in used_after:
-            _add_initializer(out.graph, name, array.astype(dt))
+            array = np.ascontiguousarray(array.astype(dt))
+            key = (array.dtype.str, array.shape, hashlib.blake2b(array.data).digest())
+            if key in made:
+                same[name] = made[key]
+            else:
+                made[key] = name
+                _add_initializer(out.graph, name, array)
         del array
         if release and isinstance(src, tuple) and src[1] == "bias":  # its weight is written too
             src[0].attrs.pop("kernel")
+    if same:
+        for p in out.graph.node:
+            p.input[:] = [same.get(i, i) for i in p.input]
     present = {o for p in kept for o in p.output} | used_after
     out.graph.value_info.extend(vi for vi in g.value_info if vi.name in present)
     inferred = infer_value_info(out)
