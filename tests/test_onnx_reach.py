@@ -124,3 +124,24 @@ def test_float16_conv_transpose_type_is_kept(capsys, tmp_path):
     for fused in every_path(capsys, tmp_path, model, x, rtol=1e-2):
         assert ops(fused) == Counter({"ConvTranspose": 1})
         assert {t.data_type for t in fused.graph.initializer} == {TensorProto.FLOAT16}
+
+
+def test_a_weight_other_nodes_read_is_not_copied_by_a_fold(capsys, tmp_path):
+    """``w`` is read by two convs (through Identity nodes, as the TorchScript exporter shares
+    it); folding the BatchNorm after one of them would write a second copy while ``w``
+    stays for the other: refused for cost, and the output has no more weights than the
+    input. A conv whose weight nobody else reads still folds."""
+    c = 8
+    nodes = [helper.make_node("Identity", ["w"], ["wa"]), helper.make_node("Identity", ["w"], ["wb"]),
+             helper.make_node("Conv", ["x", "wa"], ["ca"], pads=[1] * 4), bn("bna", "ca", "ya"),
+             helper.make_node("Conv", ["x", "wb"], ["cb"], pads=[1] * 4),
+             helper.make_node("Conv", ["x", "w2"], ["c2"], pads=[1] * 4), bn("bn2", "c2", "y2")]
+    model = make(nodes, [vi("x", [1, c, 8, 8])],
+                 [vi("ya", [1, c, 8, 8]), vi("cb", [1, c, 8, 8]), vi("y2", [1, c, 8, 8])],
+                 [conv_w("w", c, c, 3, 1), conv_w("w2", c, c, 3, 2)] + bn_params("bna", c, 3)
+                 + bn_params("bn2", c, 4))
+    for fused in every_path(capsys, tmp_path, model, feeds((1, c, 8, 8))):
+        assert ops(fused) == Counter({"Conv": 3, "BatchNormalization": 1})
+        assert weights(fused) <= weights(model)
+    _, rep = __import__("reparam").fuse(model, report=True)
+    assert [r.kind for r in rep.refused if r.rule == "fold_conv_bn"] == ["cost"]

@@ -318,6 +318,7 @@ class _Lifter:
         for t in g.initializer:
             self.types.setdefault(t.name, (t.data_type, tuple(t.dims)))
         self.consts = _Constants(model, self.types)
+        self._leaf_reads: dict | None = None  # see _shared_values
         self._propagate_channels(g)
         # onnx-graphsurgeon view of the same graph, for attributes and tensor metadata
         declared = {v.name for v in g.value_info} | {v.name for v in g.output}
@@ -678,6 +679,29 @@ class _Lifter:
             return self._keep(node, conv.reason)
         return "conv", {"kernel": conv, "pool": True}, (0,)
 
+    def _shared_values(self, node, slots) -> int:
+        """How many of the weight values ``node`` reads lie in initializers that other nodes
+        (or graph outputs) read too, directly or through Identity nodes: they stay whatever
+        a fold does, so the cost guard does not count them as saved."""
+        if self._leaf_reads is None:
+            reads: dict[str, int] = {o.name: 1 for o in self.model.graph.output}
+            for n in reversed(self.model.graph.node):  # an Identity's reads are its readers'
+                for i in list(n.input) + _implicit_inputs(n):
+                    reads[i] = reads.get(i, 0) + (reads.get(n.output[0], 0)
+                                                  if n.op_type == "Identity" else 1)
+            self._leaf_reads = reads
+        producer = self.consts.producer
+        shared = 0
+        for k, name in enumerate(node.input):
+            if k in slots or not name:
+                continue
+            while name in producer and producer[name].op_type == "Identity":
+                name = producer[name].input[0]
+            t = self.consts.inits.get(name)
+            if t is not None and self._leaf_reads.get(name, 0) > 1:
+                shared += math.prod(t.dims)
+        return shared
+
     # the whole graph ------------------------------------------------------------------
     def lift(self) -> Lifted:
         g = self.model.graph
@@ -704,6 +728,8 @@ class _Lifter:
                          else f"{node.domain}::{node.op_type}"}
             else:
                 op, attrs, slots = lifted
+                if op in ("conv", "conv_transpose"):
+                    attrs["shared"] = self._shared_values(node, slots)
             names = [node.input[s] if isinstance(s, int) else s for s in slots]
             origin = NodeOrigin(index, tuple(slots))
             out_type = self.ir_type(node.output[0]) if len(node.output) == 1 else None
