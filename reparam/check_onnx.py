@@ -171,7 +171,7 @@ def verify(reference, fused, feeds: list[dict], rtol: float | None = None,
     ``reference`` and ``fused`` are ``onnx.ModelProto`` or paths of ONNX files;
     ``blocks`` the values the fused model computes anew
     (:class:`~reparam.frontends.onnx_lower.Block`). The original also runs with its
-    weights moved by one ulp (:func:`~reparam.check_run.perturbed`): how far its values
+    weights moved by one ulp (:func:`~reparam.check_run.perturb`): how far its values
     move is its own rounding noise. Each block's value must be the original's up to
     :data:`NOISE_FACTOR` times that noise (or :data:`ULP_FLOOR` ulp of the largest value it
     is computed from); each output up to ``rtol * max|ref|`` (``rtol`` given), else up to
@@ -187,24 +187,27 @@ def verify(reference, fused, feeds: list[dict], rtol: float | None = None,
     Models run on onnxruntime, or on the ONNX reference evaluator when onnxruntime has no
     kernel for the input model (float64 convolutions); one model at a time.
     """
-    from .check_run import load_model, perturbed, run_feeds, run_original, with_outputs
+    from .check_run import load_model, perturb, run_feeds, run_original, with_outputs
 
     say = progress or (lambda msg: None)
     ref = load_model(reference)
     names = [o.name for o in ref.graph.output]
     probes = list(dict.fromkeys(names + [n for b in blocks for n in (b.original,) + b.inner]))
     say("checking: the original")
-    engine, refs = run_original(with_outputs(ref, probes), probes, feeds)
+    ref = with_outputs(ref, probes, copy=ref is reference)  # (the caller's model stays as is)
+    engine, refs = run_original(ref, probes, feeds)
     say("checking: the original's rounding noise")
     try:
-        noisy = run_feeds(engine, with_outputs(perturbed(ref), probes), probes, feeds)
+        noisy = run_feeds(engine, perturb(ref), probes, feeds)
     except Exception as e:
         raise BadInputError(f"{engine} cannot run the input model: {_first_line(e)}") from e
     del ref
     say("checking: the fused model")
     fused_probes = list(dict.fromkeys(names + [b.fused for b in blocks]))
+    model = load_model(fused)
     try:
-        got = run_feeds(engine, with_outputs(load_model(fused), fused_probes), fused_probes, feeds)
+        got = run_feeds(engine, with_outputs(model, fused_probes, copy=model is fused),
+                        fused_probes, feeds)
     except Exception as e:
         raise VerificationError(f"{engine} cannot run the fused model: {_first_line(e)}") from e
     worst = block_worst = 0.0

@@ -4,8 +4,8 @@ onnxruntime has no kernel for the model (float64 convolutions, for one).
 :func:`run_original` runs the input model on the engine that can (:func:`run_feeds` runs
 any model there) with chosen values exposed as outputs (each folded block's, see
 :func:`with_outputs`);
-:func:`perturbed` is the model with every floating-point weight moved by one unit in the
-last place, whose distance to the model measures the model's own rounding noise.
+:func:`perturb` moves every floating-point weight of a model by one unit in the last place:
+how far that moves its values measures the model's own rounding noise.
 """
 from __future__ import annotations
 
@@ -77,10 +77,13 @@ def run_original(model: onnx.ModelProto, names, feeds) -> tuple[str, list[dict]]
         raise BadInputError(f"{engine} cannot run the input model: {_first_line(e)}") from e
 
 
-def with_outputs(model: onnx.ModelProto, names) -> onnx.ModelProto:
-    """A copy of ``model`` that also outputs the tensors ``names`` (its own outputs first)."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
+def with_outputs(model: onnx.ModelProto, names, copy: bool = True) -> onnx.ModelProto:
+    """``model`` (a copy, unless not ``copy``) that also outputs the tensors ``names`` (its
+    own outputs first)."""
+    out = model
+    if copy:
+        out = onnx.ModelProto()
+        out.CopyFrom(model)
     have = {o.name for o in out.graph.output}
     out.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in names
                             if n not in have)
@@ -105,13 +108,12 @@ def _nudged(array: np.ndarray, rng) -> np.ndarray:
     return (array * (1 + eps * sign)).astype(array.dtype)
 
 
-def perturbed(model: onnx.ModelProto, seed: int = 0) -> onnx.ModelProto:
-    """A copy of ``model`` whose floating-point initializers and Constant tensors are each
-    moved by about one ulp: how far its values move measures its own rounding noise."""
+def perturb(model: onnx.ModelProto, seed: int = 0) -> onnx.ModelProto:
+    """``model`` itself, its floating-point initializers and Constant tensors each moved by
+    about one ulp: how far its values move measures its own rounding noise."""
     rng = np.random.default_rng(seed)
     floats = (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16)
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
+    out = model
     g = out.graph
     tensors = list(g.initializer) + [a.t for n in g.node if n.op_type == "Constant"
                                      for a in n.attribute if a.name == "value"]
