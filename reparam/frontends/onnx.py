@@ -149,7 +149,7 @@ def _save_streamed(model: onnx.ModelProto, path) -> None:
         if fd.number != 5:
             _copy_fields_into(ghead if fd.number < 5 else gtail, fd, val)
     inits = model.graph.initializer
-    sizes = [t.ByteSize() for t in inits]
+    sizes = [onnx_file.tensor_size(t) for t in inits]
     first, last = ghead.SerializeToString(), gtail.SerializeToString()
     graph_len = len(first) + len(last) + sum(1 + len(_varint(n)) + n for n in sizes)
     with open(path, "wb") as f:
@@ -157,8 +157,13 @@ def _save_streamed(model: onnx.ModelProto, path) -> None:
         if model.HasField("graph"):
             f.write(b"\x3a" + _varint(graph_len) + first)  # field 7, length-delimited
             for t, n in zip(inits, sizes):
+                data = t.SerializeToString()
+                if len(data) != n:  # (raw_data of another length than its dims say)
+                    raise BadInputError(f"initializer {t.name!r}: {len(data)} bytes where its "
+                                        f"dims and type make {n}")
                 f.write(b"\x2a" + _varint(n))  # field 5, length-delimited
-                f.write(t.SerializeToString())
+                f.write(data)
+                del data
             f.write(last)
         f.write(tail.SerializeToString())
 

@@ -101,7 +101,7 @@ def _light_copy(model: onnx.ModelProto) -> onnx.ModelProto:
         if o.type.HasField("tensor_type"):
             o.type.tensor_type.ClearField("shape")
     for t in model.graph.initializer:
-        if t.ByteSize() <= _SMALL or t.data_location == TensorProto.EXTERNAL:
+        if onnx_file.tensor_size(t) <= _SMALL or t.data_location == TensorProto.EXTERNAL:
             light.graph.initializer.append(t)
             continue
         s = light.graph.initializer.add()

@@ -3,10 +3,16 @@
 Every IR node lifted from an ONNX node has ``origin`` = :class:`NodeOrigin`
 (its index in the graph and which input slots are IR inputs). Lowering copies
 that NodeProto byte for byte, only renaming inputs whose producer a rewrite
-replaced; new ``conv``/``add`` nodes become Conv/Add nodes with fresh
-initializers. Then nodes and initializers that only served folded nodes are
-dropped, value_info is re-inferred, and graph inputs, outputs (names, dynamic
-dimensions), opset imports, metadata and every other model field are kept.
+replaced; new ``conv``/``conv_transpose``/``add`` nodes become Conv (Gemm for a
+linear layer)/ConvTranspose/Add nodes with fresh initializers (equal ones written
+once). A new node that computes a graph output, or a value a subgraph reads by
+name, carries that name itself (an Identity copies it for any further name), so
+every name is defined once. Then nodes and initializers that only served folded
+nodes are dropped, Identity and inference Dropout nodes no output name needs are
+bypassed, value_info is re-inferred, and graph inputs, outputs (names, dynamic
+dimensions), opset imports, metadata and every other model field are kept. The
+values new nodes compute in place of original ones are listed as :class:`Block`
+for the check.
 """
 from __future__ import annotations
 
