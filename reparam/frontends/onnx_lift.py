@@ -686,6 +686,8 @@ class _Lifter:
         if self._leaf_reads is None:
             reads: dict[str, int] = {o.name: 1 for o in self.model.graph.output}
             for n in reversed(self.model.graph.node):  # an Identity's reads are its readers'
+                if n.op_type in ("Shape", "Size"):  # metadata only (as torch.export computes
+                    continue                         # a zero bias from a weight's shape)
                 for i in list(n.input) + _implicit_inputs(n):
                     reads[i] = reads.get(i, 0) + (reads.get(n.output[0], 0)
                                                   if n.op_type == "Identity" else 1)
