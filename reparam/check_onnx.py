@@ -13,7 +13,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from .errors import BadInputError, VerificationError
-from .frontends.onnx_check import first_line
+from .frontends.onnx_check import _first_line
 from .frontends.onnx_lift import _dims
 
 #: default tolerance (relative to max|reference|) per ONNX element type of an output
@@ -200,7 +200,7 @@ def verify(reference, fused, feeds: list[dict], rtol: float | None = None,
     try:
         noisy = run_feeds(engine, perturb(ref), probes, feeds)
     except Exception as e:
-        raise BadInputError(f"{engine} cannot run the input model: {first_line(e)}") from e
+        raise BadInputError(f"{engine} cannot run the input model: {_first_line(e)}") from e
     del ref
     say("checking: the fused model")
     fused_probes = list(dict.fromkeys(names + [b.fused for b in blocks]))
@@ -209,7 +209,7 @@ def verify(reference, fused, feeds: list[dict], rtol: float | None = None,
         got = run_feeds(engine, with_outputs(model, fused_probes, copy=model is fused),
                         fused_probes, feeds)
     except Exception as e:
-        raise VerificationError(f"{engine} cannot run the fused model: {first_line(e)}") from e
+        raise VerificationError(f"{engine} cannot run the fused model: {_first_line(e)}") from e
     worst = block_worst = 0.0
     for r, p, g_ in zip(refs, noisy, got):
         bound = {}  # an output a fold computes may differ as much as its block may

@@ -98,7 +98,7 @@ def _graph_module(root: nn.Module, graph: fx.Graph, name: str) -> fx.GraphModule
         return fx.GraphModule(root, graph, name)
 
 
-def first_line(e: Exception) -> str:
+def _first_line(e: Exception) -> str:
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0] if text else ''}"
 
@@ -154,7 +154,7 @@ def fuse_copy(model: nn.Module, rules, example_inputs=None, rtol: float | None =
         work = copy_model(model, memo)
     except Exception as e:
         raise ReparamError(f"cannot copy the model (reparam.fuse never changes the model it is "
-                           f"given, so it works on a copy): {first_line(e)}; e.g. a module "
+                           f"given, so it works on a copy): {_first_line(e)}; e.g. a module "
                            "under the legacy torch.nn.utils.weight_norm cannot be copied after "
                            "a forward: use torch.nn.utils.parametrizations.weight_norm, or "
                            "remove_weight_norm before fusing") from e
@@ -182,8 +182,8 @@ def fuse_copy(model: nn.Module, rules, example_inputs=None, rtol: float | None =
         fused, report = fuse_parts(work, rules, leaves, calls)
         if not report.before:
             raise TraceError(f"torch.fx could not trace {type(model).__name__} nor any of "
-                             f"its submodules: {first_line(e)}") from e
-        report.notes.insert(0, f"skipped <model> ({type(model).__name__}): {first_line(e)}")
+                             f"its submodules: {_first_line(e)}") from e
+        report.notes.insert(0, f"skipped <model> ({type(model).__name__}): {_first_line(e)}")
     else:
         fused, report = fuse_traced(traced, rules, runs, type(model).__name__)
     report.notes.extend(notes)
@@ -231,7 +231,7 @@ def fuse_parts(model: nn.Module, rules, leaf_modules=(), calls=None):
             try:
                 traced = trace(child, leaf_modules, constant_defaults(child))
             except Exception as e:
-                report.notes.append(f"skipped {path} ({type(child).__name__}): {first_line(e)}")
+                report.notes.append(f"skipped {path} ({type(child).__name__}): {_first_line(e)}")
                 visit(child, path + ".")
                 continue
             fused, part = fuse_traced(traced, rules, calls.get(path), type(child).__name__)

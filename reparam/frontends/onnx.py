@@ -19,7 +19,7 @@ from onnx import TensorProto
 
 from ..errors import BadInputError
 from . import onnx_file
-from .onnx_check import (_check_external_files, first_line, sniff_non_onnx, sorted_copy,
+from .onnx_check import (_check_external_files, _first_line, sniff_non_onnx, sorted_copy,
                          topological_order, validate)
 from .onnx_file import PROTOBUF_LIMIT, _copy_fields_into, data_size
 from .onnx_lift import _SMALL, lift
@@ -51,7 +51,7 @@ def load(path) -> tuple[onnx.ModelProto, bool]:
     try:
         model = onnx.load(path, load_external_data=False)
     except Exception as e:  # protobuf raises DecodeError, onnx others
-        raise BadInputError(f"{path}: not an ONNX model (cannot parse: {first_line(e)})") from e
+        raise BadInputError(f"{path}: not an ONNX model (cannot parse: {_first_line(e)})") from e
     external = uses_external_data(model)
     if external:
         _check_external_files(model, path)
@@ -59,7 +59,7 @@ def load(path) -> tuple[onnx.ModelProto, bool]:
             onnx.external_data_helper.load_external_data_for_model(
                 model, os.path.dirname(os.path.abspath(path)))
         except Exception as e:
-            raise BadInputError(f"{path}: cannot read its external data: {first_line(e)}") from e
+            raise BadInputError(f"{path}: cannot read its external data: {_first_line(e)}") from e
     elif os.path.getsize(path) >= LAZY_FILE_BYTES:
         check = data_size(model) < PROTOBUF_LIMIT - (1 << 24)
         light = onnx_file.lazy_copy(model, path, _SMALL)

@@ -23,7 +23,7 @@ from . import onnx_file
 from .onnx_file import PROTOBUF_LIMIT, data_size
 
 
-def first_line(e: BaseException) -> str:
+def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0].strip() if text else type(e).__name__
 
@@ -223,7 +223,7 @@ def validate(model: onnx.ModelProto, what: str = "model", check_file=None) -> No
         try:
             onnx.checker.check_model(model if check_file is None else os.fspath(check_file))
         except Exception as e:
-            raise BadInputError(f"{what}: invalid ONNX model: {first_line(e)}") from e
+            raise BadInputError(f"{what}: invalid ONNX model: {_first_line(e)}") from e
 
 
 def _check_bn_params(label: str, params) -> None:

@@ -54,7 +54,7 @@ from ..errors import BadInputError
 from ..ir import OPAQUE, Graph, Node, TensorType
 from ..kernel import Conv, Refusal
 from . import onnx_file
-from .onnx_check import _check_bn_params, first_line
+from .onnx_check import _check_bn_params, _first_line
 from .onnx_file import copy_fields
 
 #: initializers at most this many bytes keep their data in the copy used for shape inference
@@ -162,7 +162,7 @@ class _Constants:
             try:
                 value = onnx_file.read(t) if onnx_file.is_lazy(t) else numpy_helper.to_array(t)
             except Exception as e:
-                raise BadInputError(f"cannot read initializer {name!r}: {first_line(e)}") from e
+                raise BadInputError(f"cannot read initializer {name!r}: {_first_line(e)}") from e
             if value.nbytes > _SMALL:  # a weight: read again if asked again, not held all lift long
                 return value
         elif name in self.producer and depth < 64:
@@ -328,7 +328,7 @@ class _Lifter:
         try:
             self.gs_graph = gs.import_onnx(model)
         except Exception as e:
-            raise BadInputError(f"cannot import the graph: {first_line(e)}") from e
+            raise BadInputError(f"cannot import the graph: {_first_line(e)}") from e
         finally:
             del g.value_info[n0:]
         if len(self.gs_graph.nodes) != len(g.node):
