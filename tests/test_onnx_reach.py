@@ -145,3 +145,21 @@ def test_a_weight_other_nodes_read_is_not_copied_by_a_fold(capsys, tmp_path):
         assert weights(fused) <= weights(model)
     _, rep = __import__("reparam").fuse(model, report=True)
     assert [r.kind for r in rep.refused if r.rule == "fold_conv_bn"] == ["cost"]
+
+
+def test_heads_sharing_one_zero_bias_still_fold(capsys, tmp_path):
+    """The TorchScript exporter writes equal initializers once: RepViT's two classifier
+    heads read one all-zero bias. The weights are not shared, so the folds go ahead and the
+    bias goes with its last reader."""
+    c, k = 8, 5
+    r = RNG(1)
+    nodes = [helper.make_node("ReduceMean", ["x"], ["p"], axes=[2, 3], keepdims=0),
+             bn("bn1", "p", "q1"), helper.make_node("Gemm", ["q1", "w1", "zero"], ["g1"], transB=1),
+             bn("bn2", "p", "q2"), helper.make_node("Gemm", ["q2", "w2", "zero"], ["g2"], transB=1),
+             helper.make_node("Add", ["g1", "g2"], ["y"])]
+    model = make(nodes, [vi("x", ["N", c, 4, 4])], [vi("y", ["N", k])],
+                 [tensor("w1", r.standard_normal((k, c))), tensor("w2", r.standard_normal((k, c))),
+                  tensor("zero", np.zeros(k))] + bn_params("bn1", c, 1) + bn_params("bn2", c, 2))
+    for fused in every_path(capsys, tmp_path, model, feeds((2, c, 4, 4))):
+        assert ops(fused) == Counter({"ReduceMean": 1, "Gemm": 1})
+        assert weights(fused) == k * c + k < weights(model)

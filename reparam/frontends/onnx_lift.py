@@ -680,9 +680,12 @@ class _Lifter:
         return "conv", {"kernel": conv, "pool": True}, (0,)
 
     def _shared_values(self, node, slots) -> int:
-        """How many of the weight values ``node`` reads lie in initializers that other nodes
-        (or graph outputs) read too, directly or through Identity nodes: they stay whatever
-        a fold does, so the cost guard does not count them as saved."""
+        """How many of the weight values ``node`` reads lie in an initializer that other
+        nodes (or graph outputs) read too, directly or through Identity nodes: they stay
+        whatever a fold does, so the cost guard does not count them as saved. Only the
+        weight (input 1) counts: a bias an exporter shares (the all-zero biases of a
+        model's linear layers, written once) is as small as what a fold saves beside it,
+        and counting it would stop folds that end up removing every reader."""
         if self._leaf_reads is None:
             reads: dict[str, int] = {o.name: 1 for o in self.model.graph.output}
             for n in reversed(self.model.graph.node):  # an Identity's reads are its readers'
@@ -694,7 +697,7 @@ class _Lifter:
             self._leaf_reads = reads
         producer = self.consts.producer
         shared = 0
-        for k, name in enumerate(node.input):
+        for k, name in enumerate(node.input[:2]):
             if k in slots or not name:
                 continue
             while name in producer and producer[name].op_type == "Identity":
