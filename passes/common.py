@@ -92,6 +92,13 @@ def kernel_cost(k: Conv) -> Cost:
     return Cost() if is_zero_pad(k) else conv_cost(k)
 
 
+def node_cost(node: Node, k: Conv) -> Cost:
+    """:func:`kernel_cost` of ``node``'s kernel ``k``, less the weight values it shares with
+    other nodes (attr ``shared``, set by a frontend): those stay whatever a fold does."""
+    c = kernel_cost(k)
+    return Cost(c.macs, c.params - node.attrs.get("shared", 0))
+
+
 def runs_per_output(second: Conv) -> float:
     """How often, at least, a layer feeding ``second`` runs per output position of ``second``,
     whatever the input size (the product over spatial dimensions).

@@ -7,7 +7,7 @@ from reparam import kernel
 from reparam.cost import Cost, guard, shape_cost
 from reparam.rewrite import rule
 
-from .common import bn_kernel, conv_kernel, kernel_cost, new_conv, runs_per_output
+from .common import bn_kernel, conv_kernel, kernel_cost, new_conv, node_cost, runs_per_output
 
 
 @rule("conv")
@@ -36,9 +36,9 @@ def compose_convs(graph, second):
         return a
     if a.ndim != b.ndim or a.out_channels != b.in_channels:
         return None
-    ca = kernel_cost(a)
+    ca = node_cost(first, a) if first.op == "conv" else kernel_cost(a)
     per_output = Cost(math.floor(ca.macs * runs_per_output(b)), ca.params)
-    too_costly = guard(shape_cost(kernel.composed_shape(a, b)), per_output + kernel_cost(b))
+    too_costly = guard(shape_cost(kernel.composed_shape(a, b)), per_output + node_cost(second, b))
     if too_costly is not None:
         return too_costly
     composed = kernel.compose(a, b)

@@ -18,7 +18,9 @@ def fold_conv_bn(graph, bn):
     :func:`reparam.kernel.compose` with no padding on the second conv, for a transposed
     conv :func:`reparam.kernel.scale_outputs`: exact for any stride, padding, dilation
     and groups. Refused when the conv's output is read by anything else (the conv would
-    have to stay, so nothing is saved).
+    have to stay, so nothing is saved), and when other nodes read the conv's weights
+    too (a frontend's attr ``shared``): they stay, and the folded copy would add more
+    weight values than the BatchNorm's it saves.
     """
     conv = bn.inputs[0]
     if conv.op not in ("conv", "conv_transpose"):
@@ -32,6 +34,11 @@ def fold_conv_bn(graph, bn):
     if len(conv.data_users) > 1:
         return Refusal("shared", f"conv {conv.name} output is also read by "
                                  f"{', '.join(other_users(conv, bn))}")
+    shared = conv.attrs.get("shared", 0)  # weight values other nodes read: they stay
+    if shared > 2 * k.out_channels:         # beside the folded conv's, which saves only BN's
+        return Refusal("cost", f"conv {conv.name} shares {shared} weight values with other "
+                               f"nodes, which keep them: the fold would add {shared} and save "
+                               f"{2 * k.out_channels}")
     folded = kernel.compose(k, scale) if conv.op == "conv" else \
         kernel.scale_outputs(k, scale.weight.reshape(-1), scale.bias)
     graph.replace(bn, new_conv(graph, conv.inputs[0], folded, conv, readers=[conv],

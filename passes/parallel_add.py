@@ -10,7 +10,7 @@ from reparam.ir import PURE_OPS, Node
 from reparam.kernel import Conv, Refusal
 from reparam.rewrite import rule
 
-from .common import (add_terms, conv_kernel, is_inner_add, kernel_cost, new_conv, other_users,
+from .common import (add_terms, conv_kernel, is_inner_add, new_conv, node_cost, other_users,
                      runs_per_output)
 
 
@@ -36,13 +36,13 @@ def conv_chain(leaf: Node) -> Branch | Refusal:
     k = conv_kernel(leaf)
     if not k:
         return k
-    cost, source, chain = kernel_cost(k), leaf.inputs[0], [leaf]
+    cost, source, chain = node_cost(leaf, k), leaf.inputs[0], [leaf]
     while source.op == "conv" and len(source.data_users) == 1:
         a = conv_kernel(source)
         composed = kernel.compose(a, k) if a else a
         if not composed:
             break
-        ca = kernel_cost(a)
+        ca = node_cost(source, a)
         cost = Cost(math.floor(ca.macs * runs_per_output(k)), ca.params) + cost
         chain.insert(0, source)
         k, source = composed, source.inputs[0]

@@ -40,7 +40,8 @@ def _fuse_onnx(model, example_inputs, rules, rtol):
         what, source = "model", model
         validate(model, what)  # a malformed proto is named before its example inputs
     feeds = None if example_inputs is None else _onnx_feeds(model, example_inputs)
-    fused, rep = fuse_model(model, rules, what=what, validated=True)
+    blocks: list = []
+    fused, rep = fuse_model(model, rules, what=what, validated=True, blocks=blocks)
     for r in rep.refused:
         if r.warn:  # e.g. folded weights that would overflow the model's dtype (as for torch)
             import warnings
@@ -48,7 +49,7 @@ def _fuse_onnx(model, example_inputs, rules, rtol):
     if feeds is not None:
         from .check_onnx import verify
         del model  # a file is checked as it is on disk (a large one was loaded light)
-        verify(source, fused, feeds, rtol)
+        verify(source, fused, feeds, rtol, blocks=blocks)
     return fused, rep
 
 

@@ -1,22 +1,19 @@
-"""Checking a fused ONNX model against the original with onnxruntime.
+"""Checking a fused ONNX model against the original, where the rewrite happened.
 
-Random inputs (seeded) are fed to both models; every output must satisfy
-``max|fused - ref| <= rtol * max|ref|``. Used by the CLI (``--check N``) and by
+Random inputs (seeded) are fed to both models (onnxruntime, or the ONNX reference
+evaluator for what onnxruntime cannot run; see :mod:`reparam.check_run`); the value
+of every folded block and every output is compared, with a tolerance the original's
+own rounding noise sets (see :func:`verify`). Used by the CLI (``--check N``) and by
 ``reparam.fuse`` on ONNX models given ``example_inputs``.
 """
 from __future__ import annotations
-
-import os
-import tempfile
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
 from .errors import BadInputError, VerificationError
-from .frontends.onnx import save
 from .frontends.onnx_check import _first_line
-from .frontends.onnx_file import PROTOBUF_LIMIT, data_size
 from .frontends.onnx_lift import _dims
 
 #: default tolerance (relative to max|reference|) per ONNX element type of an output
@@ -128,94 +125,129 @@ def _fmt_dims(dims) -> str:
     return "[" + ",".join(str(d) if d not in (None, 0) else "?" for d in dims) + "]"
 
 
-def session(model, threads: int = 0):
-    """An onnxruntime CPU session for ``model``: an ``onnx.ModelProto`` (through a temporary
-    file when it is large) or the path of an ONNX file (read by onnxruntime itself)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if threads:
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-    if isinstance(model, (str, os.PathLike)):
-        return ort.InferenceSession(os.fspath(model), opts, providers=["CPUExecutionProvider"])
-    if data_size(model) < PROTOBUF_LIMIT - (1 << 24):
-        return ort.InferenceSession(model.SerializeToString(), opts,
-                                    providers=["CPUExecutionProvider"])
-    with tempfile.TemporaryDirectory() as d:
-        path = os.path.join(d, "model.onnx")
-        save(model, path, external=True)
-        return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+#: how many times the original's own rounding noise a fused value may differ by
+NOISE_FACTOR = 16
+#: ... and at least this many units in the last place of the value's largest magnitude
+ULP_FLOOR = 8
 
 
-#: onnxruntime's names of the output types that have a default tolerance
-_ORT_TYPES = {"tensor(float)": TensorProto.FLOAT, "tensor(double)": TensorProto.DOUBLE,
-              "tensor(float16)": TensorProto.FLOAT16, "tensor(bfloat16)": TensorProto.BFLOAT16}
+def _diff(a, b) -> float:
+    return float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max(initial=0))
+
+
+def _scale(a) -> float:
+    return float(np.abs(np.asarray(a, np.float64)).max(initial=0))
+
+
+def _block_check(block, ref: dict, noisy: dict, got) -> tuple[float, float]:
+    """Raise VerificationError unless the fused value of ``block`` is the original's up to
+    :data:`NOISE_FACTOR` times the original's own noise, or :data:`ULP_FLOOR` ulp of the
+    largest magnitude it is computed from (``ref``, ``noisy``: the original's values)."""
+    r = np.asarray(ref[block.original])
+    if r.dtype.kind != "f":
+        if not np.array_equal(r, got):
+            raise VerificationError(f"folded block {block.label!r} (tensor {block.original!r}) "
+                                    "computes other values")
+        return 0.0, 0.0
+    noise, diff = _diff(noisy[block.original], r), _diff(got, r)
+    scale = max([_scale(r)] + [_scale(ref[n]) for n in block.inner
+                               if np.asarray(ref[n]).dtype.kind == "f"])
+    floor = ULP_FLOOR * float(np.finfo(r.dtype).eps) * scale
+    tol = max(NOISE_FACTOR * noise, floor)
+    if not diff <= tol:
+        raise VerificationError(
+            f"folded block {block.label!r} (tensor {block.original!r}): max|fused - original| = "
+            f"{diff:.3g}, while the original itself moves by {noise:.3g} when its weights are "
+            f"rounded differently (tolerance {tol:.3g}: {NOISE_FACTOR}x that, at least "
+            f"{ULP_FLOOR} ulp of {scale:.3g}, the largest magnitude it is computed from)")
+    return (diff / tol if tol else 0.0), tol
 
 
 def verify(reference, fused, feeds: list[dict], rtol: float | None = None,
-           progress=None, tolerances: dict | None = None) -> float:
+           progress=None, tolerances: dict | None = None, blocks=(),
+           summary: dict | None = None) -> float:
     """Raise VerificationError unless ``fused`` matches ``reference`` on every feed.
 
-    ``reference`` and ``fused`` are ``onnx.ModelProto`` or paths of ONNX files.
-    Each output must satisfy ``max|fused - ref| <= rtol * max|ref|`` (``rtol``
-    defaults to :data:`RTOL` for the output's type). Returns the worst ratio.
-    ``tolerances``, a dict, receives the tolerance used per output dtype
-    (``{"float32": 1e-4}``; None for outputs compared exactly, such as integers).
+    ``reference`` and ``fused`` are ``onnx.ModelProto`` or paths of ONNX files;
+    ``blocks`` the values the fused model computes anew
+    (:class:`~reparam.frontends.onnx_lower.Block`). The original also runs with its
+    weights moved by one ulp (:func:`~reparam.check_run.perturb`): how far its values
+    move is its own rounding noise. Each block's value must be the original's up to
+    :data:`NOISE_FACTOR` times that noise (or :data:`ULP_FLOOR` ulp of the largest value it
+    is computed from); each output up to ``rtol * max|ref|`` (``rtol`` given), else up to
+    the largest of :data:`RTOL` of its type, the noise bound and (an output a fold
+    computes) its block's tolerance. An integer output is compared exactly, unless the noise changes
+    it too (it follows a discrete choice such as TopK on values that rounding reorders):
+    then the blocks before it stand for it. Returns the worst output ratio.
+    ``tolerances``, a dict, receives the relative tolerance used per output dtype
+    (``{"float32": 1e-4}``; None for outputs compared exactly); ``summary``, a dict,
+    ``blocks`` (how many were compared) and ``block_worst`` (the largest fraction of its
+    tolerance a block's difference reached).
 
-    The two sessions are never alive together (the reference runs every feed
-    first), so a large model is in memory at most once; errors are raised in
-    the order of a side-by-side run.
+    Models run on onnxruntime, or on the ONNX reference evaluator when onnxruntime has no
+    kernel for the input model (float64 convolutions); one model at a time.
     """
+    from .check_run import load_model, perturb, run_feeds, run_original, with_outputs
+
+    say = progress or (lambda msg: None)
+    ref = load_model(reference)
+    names = [o.name for o in ref.graph.output]
+    probes = list(dict.fromkeys(names + [n for b in blocks for n in (b.original,) + b.inner]))
+    say("checking: the original")
+    ref = with_outputs(ref, probes, copy=ref is reference)  # (the caller's model stays as is)
+    engine, refs = run_original(ref, probes, feeds)
+    say("checking: the original's rounding noise")
     try:
-        ref_s = session(reference)
+        noisy = run_feeds(engine, perturb(ref), probes, feeds)
     except Exception as e:
-        raise BadInputError(f"onnxruntime cannot run the input model: {_first_line(e)}") from e
-    if isinstance(reference, onnx.ModelProto):
-        names = [o.name for o in reference.graph.output]
-        elem = {o.name: o.type.tensor_type.elem_type for o in reference.graph.output}
-    else:
-        names = [o.name for o in ref_s.get_outputs()]
-        elem = {o.name: _ORT_TYPES.get(o.type, 0) for o in ref_s.get_outputs()}
-    refs, ref_error = [], None
-    for k, feed in enumerate(feeds):
-        if progress:
-            progress(f"checking with onnxruntime {k + 1}/{len(feeds)}")
-        try:
-            refs.append(ref_s.run(names, feed))
-        except Exception as e:
-            ref_error = e
-            break
-    del ref_s
+        raise BadInputError(f"{engine} cannot run the input model: {_first_line(e)}") from e
+    del ref
+    say("checking: the fused model")
+    fused_probes = list(dict.fromkeys(names + [b.fused for b in blocks]))
+    model = load_model(fused)
     try:
-        got_s = session(fused)
+        got = run_feeds(engine, with_outputs(model, fused_probes, copy=model is fused),
+                        fused_probes, feeds)
     except Exception as e:
-        raise VerificationError(f"onnxruntime cannot run the fused model: {_first_line(e)}") from e
-    worst = 0.0
-    for k, feed in enumerate(feeds):
-        if k == len(refs):
-            e = ref_error
-            raise BadInputError(f"onnxruntime cannot run the input model: {_first_line(e)}") from e
-        got = got_s.run(names, feed)
-        for name, r, g_ in zip(names, refs[k], got):
-            r, g_ = np.asarray(r), np.asarray(g_)
-            if r.shape != g_.shape:
-                raise VerificationError(f"output {name!r}: shape {g_.shape} != {r.shape}")
-            if r.size == 0 or r.dtype.kind not in "fc":
-                if tolerances is not None and r.dtype.kind not in "fc":
-                    tolerances.setdefault(str(r.dtype), None)
-                if not np.array_equal(r, g_):
-                    raise VerificationError(f"output {name!r} differs")
-                continue
-            tol = rtol if rtol is not None else RTOL.get(elem[name], 1e-4)
-            if tolerances is not None:
-                tolerances[str(r.dtype)] = tol
-            scale = float(np.abs(r.astype(np.float64)).max())
-            diff = float(np.abs(g_.astype(np.float64) - r.astype(np.float64)).max())
-            ratio = diff / scale if scale else diff
-            if not ratio <= tol:
-                raise VerificationError(f"output {name!r}: max|diff| = {diff:.3g} is {ratio:.3g} of "
-                                        f"max|ref| = {scale:.3g}, above the tolerance {tol:g}")
-            worst = max(worst, ratio)
+        raise VerificationError(f"{engine} cannot run the fused model: {_first_line(e)}") from e
+    worst = block_worst = 0.0
+    for r, p, g_ in zip(refs, noisy, got):
+        bound = {}  # an output a fold computes may differ as much as its block may
+        for b in blocks:
+            fraction, bound[b.original] = _block_check(b, r, p, g_[b.fused])
+            block_worst = max(block_worst, fraction)
+        for name in names:
+            worst = max(worst, _output_check(name, r[name], p[name], g_[name], rtol,
+                                             tolerances, bound.get(name, 0.0)))
+    if summary is not None:
+        summary.update(blocks=len(blocks), block_worst=block_worst)
     return worst
+
+
+def _output_check(name, ref, noisy, got, rtol, tolerances, bound: float) -> float:
+    """``max|got - ref| / max|ref|``, or VerificationError above the tolerance (see
+    :func:`verify`; ``bound``: what the output's block may differ by, if it is one)."""
+    r, g_ = np.asarray(ref), np.asarray(got)
+    if r.shape != g_.shape:
+        raise VerificationError(f"output {name!r}: shape {g_.shape} != {r.shape}")
+    if r.size == 0 or r.dtype.kind not in "fc":
+        if r.dtype.kind not in "fc" and not np.array_equal(r, noisy):
+            return 0.0  # rounding noise changes it: the blocks before it are compared
+        if tolerances is not None and r.dtype.kind not in "fc":
+            tolerances.setdefault(str(r.dtype), None)
+        if not np.array_equal(r, g_):
+            raise VerificationError(f"output {name!r} differs")
+        return 0.0
+    scale, diff = _scale(r), _diff(g_, r)
+    if rtol is not None:
+        tol = rtol
+    else:
+        noise = (max(NOISE_FACTOR * _diff(noisy, r), bound) / scale) if scale else 0.0
+        tol = max(RTOL.get(helper.np_dtype_to_tensor_dtype(r.dtype), 1e-4), noise)
+    if tolerances is not None:
+        tolerances[str(r.dtype)] = max(tol, tolerances.get(str(r.dtype)) or 0.0)
+    ratio = diff / scale if scale else diff
+    if not ratio <= tol:
+        raise VerificationError(f"output {name!r}: max|diff| = {diff:.3g} is {ratio:.3g} of "
+                                f"max|ref| = {scale:.3g}, above the tolerance {tol:.3g}")
+    return ratio

@@ -6,7 +6,7 @@ inputs, and writes it atomically. Prints a table of operator counts before and
 after and the rules that fired or were refused.
 
 Exit codes: 0 written; 1 verification failed (nothing written); 2 bad input or
-usage (nothing written); 3 internal error.
+usage (nothing written); 3 internal error; 130 interrupted.
 """
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="OUT (and OUT.data, when written with external data) gets the permission bits "
                "of IN, or keeps its own when it already exists. "
                "Exit codes: 0 written, 1 verification failed (nothing written), "
-               "2 bad input or usage (nothing written).")
+               "2 bad input or usage (nothing written), 3 internal error, 130 interrupted.")
     p.add_argument("input", metavar="IN", help="ONNX model to read")
     p.add_argument("output", metavar="OUT", nargs="?",
                    help="where to write the fused model (never IN unless --in-place)")
@@ -51,8 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
                         f"write nothing if they differ beyond the tolerance (default {DEFAULT_CHECKS})")
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime check")
     p.add_argument("--rtol", type=float, metavar="R",
-                   help="check tolerance: max|fused - original| <= R * max|original| "
-                        "(default 1e-4 for float32 outputs, 1e-2 float16, 1e-9 float64)")
+                   help="check tolerance for every output: max|fused - original| <= R * "
+                        "max|original| (default: folded blocks within 16x the original's own "
+                        "rounding noise, other outputs within the larger of that and 1e-4 for "
+                        "float32, 1e-2 float16, 1e-9 float64)")
     p.add_argument("--input-shape", action="append", default=[], metavar="NAME:D1,D2,...",
                    help="shape of an input with dynamic dimensions for the check, e.g. "
                         "x:1,3,224,224 (repeatable; dynamic batch dimensions default to 1)")
@@ -219,8 +221,9 @@ def _run(args, out, shapes, checks, progress) -> int:
         from .check_onnx import random_inputs, verify
 
         feeds = random_inputs(original, checks, shapes, seed=args.seed)  # bad shapes fail early
+    blocks: list = []
     fused, report = fuse_model(original, default_rules(), progress=progress, what=args.input,
-                               validated=True)
+                               validated=True, blocks=blocks)
     del original  # the check reads IN itself: a large model is held in memory once, not twice
     # written beside OUT first, so that onnxruntime checks the file itself; moved to OUT
     # once it passes, deleted otherwise
@@ -243,13 +246,14 @@ def _run(args, out, shapes, checks, progress) -> int:
         if checks:
             tolerances: dict = {}
             try:
+                summary: dict = {}
                 worst = verify(args.input, staged, feeds, args.rtol, progress=progress,
-                               tolerances=tolerances)
+                               tolerances=tolerances, blocks=blocks, summary=summary)
             except VerificationError:
                 if args.report:
                     _write_report(args.report, report, args, out, None, written=False)
                 raise
-            check = {"inputs": checks, "worst_ratio": worst, "rtol": args.rtol,
+            check = {"inputs": checks, "worst_ratio": worst, "rtol": args.rtol, **summary,
                      "tolerances": tolerances}
         mode = _output_mode(args.input, out)
         try:
@@ -284,7 +288,9 @@ def _run(args, out, shapes, checks, progress) -> int:
         if check:
             from .check_onnx import format_tolerances
             tol = format_tolerances(check["tolerances"]) + (" (--rtol)" if args.rtol is not None else "")
-            print(f"check:   {checks} random input{'s' * (checks > 1)}, worst max|diff|/max|ref| = "
+            print(f"check:   {checks} random input{'s' * (checks > 1)}: {check['blocks']} folded "
+                  f"block{'s' * (check['blocks'] != 1)} within {check['block_worst']:.3g} of "
+                  f"their tolerance; outputs: worst max|diff|/max|ref| = "
                   f"{check['worst_ratio']:.3g} (tolerance {tol})")
         else:
             print("check:   skipped")

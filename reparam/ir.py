@@ -19,7 +19,9 @@ Ops the passes understand (``PURE_OPS``; they have no side effects):
 
 ``conv``      attrs ``kernel`` (a Conv) and optionally ``refuse`` (a
               :class:`~reparam.kernel.Refusal`: why it may not be changed, e.g. a
-              non-zero padding mode).
+              non-zero padding mode) and ``shared`` (how many of its weight values
+              other nodes read too: they stay whatever a fold does, so the cost
+              guard does not count them as saved).
 ``conv_transpose``  attrs ``kernel`` (a :class:`~reparam.kernel.ConvTranspose`) and
               optionally ``refuse``.
 ``bn``        attrs ``mean, var, weight, bias, eps`` (inference form; also any

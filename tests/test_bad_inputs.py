@@ -132,7 +132,7 @@ CORPUS = [
     ("opset30.onnx", _opset(30), "unsupported opset 30"),
     ("opset1.onnx", _opset(1), "unsupported opset 1"),
     ("cycle.onnx", _cycle(), "the graph has a cycle: add -> relu -> add"),
-    ("undefined.onnx", _undefined(), "reads 'bias_that_is_not_there', which no earlier node"),
+    ("undefined.onnx", _undefined(), "reads 'bias_that_is_not_there', which no node, graph input or initializer defines"),
     ("groups.onnx", conv_bn(group=2), "with group=2 reads 8 input channels, but its input has 4"),
     ("nan_mean.onnx", _nan("m"), "'bn': mean is nan at channel 1"),
     ("inf_var.onnx", _nan("v"), "'bn': variance is inf at channel 1"),

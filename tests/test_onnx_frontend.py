@@ -254,8 +254,10 @@ def test_weights_from_constant_nodes():
     assert_close(model, fused, feed((1, c, 7, 7)))
 
 
-def test_shared_conv_weight_is_not_corrupted():
-    """Two convs read one initializer: folding one BN into each leaves the other intact."""
+def test_shared_conv_weight_is_neither_corrupted_nor_copied():
+    """Three convs read one initializer: folding the BN after one of them would write a
+    copy of the weight while the others keep reading it (issue 14): refused for cost, the
+    weight stays intact and the output holds no more weight values than the input."""
     rng = np.random.default_rng(4)
     c = 5
     w = rng.standard_normal((c, c, 3, 3)).astype(np.float32)
@@ -268,7 +270,10 @@ def test_shared_conv_weight_is_not_corrupted():
     model = make_model(nodes, [vinfo("x", [1, c, 6, 6])], [vinfo("y1", None), vinfo("y2", None)],
                        [init("w", w)] + bn_inits("bn1", c, rng) + bn_inits("bn2", c, rng))
     fused, rep = fuse(model)
-    assert counts(fused) == {"Conv": 3, "Relu": 1} and rep.fired["fold_conv_bn"] == 2
+    assert counts(fused) == {"Conv": 3, "BatchNormalization": 2, "Relu": 1}
+    assert [r.kind for r in rep.refused if r.rule == "fold_conv_bn"] == ["cost", "cost"]
+    assert sum(t.ByteSize() for t in fused.graph.initializer) <= \
+        sum(t.ByteSize() for t in model.graph.initializer)
     kept = {t.name: numpy_helper.to_array(t) for t in fused.graph.initializer}
     np.testing.assert_array_equal(kept["w"], w)  # conv3 still reads the original weight
     assert next(n for n in fused.graph.node if n.name == "conv3").input[1] == "w"

@@ -19,7 +19,8 @@ from onnx import TensorProto
 
 from ..errors import BadInputError
 from . import onnx_file
-from .onnx_check import _check_external_files, _first_line, sniff_non_onnx, validate
+from .onnx_check import (_check_external_files, _first_line, sniff_non_onnx, sorted_copy,
+                         topological_order, validate)
 from .onnx_file import PROTOBUF_LIMIT, _copy_fields_into, data_size
 from .onnx_lift import _SMALL, lift
 from .onnx_lower import lower
@@ -88,9 +89,13 @@ def save(model: onnx.ModelProto, path, external: bool | None = None) -> None:
         data_name = base + ".data"
         if external:
             work = onnx.ModelProto()
-            work.CopyFrom(model)  # save_as_external_data rewrites the proto it is given
-            onnx.save(work, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
-                      location=data_name, size_threshold=1024)
+            work.CopyFrom(model)  # marking tensors external rewrites the proto
+            # (not save_as_external_data=True: it refuses when a file named like the data
+            # file lies in the current directory, whatever the folder it writes to)
+            for t in _initializers(work.graph):
+                if t.HasField("raw_data") and len(t.raw_data) >= 1024:
+                    onnx.external_data_helper.set_external_data(t, data_name)
+            onnx.save(work, tmp)  # writes the marked tensors to data_name beside tmp
             if os.path.exists(os.path.join(tmpdir, data_name)):
                 os.replace(os.path.join(tmpdir, data_name), os.path.join(folder, data_name))
         elif _element_bytes(model) >= LAZY_FILE_BYTES:
@@ -102,6 +107,15 @@ def save(model: onnx.ModelProto, path, external: bool | None = None) -> None:
         for f in os.listdir(tmpdir):
             os.unlink(os.path.join(tmpdir, f))
         os.rmdir(tmpdir)
+
+
+def _initializers(graph):
+    """The initializers of ``graph`` and of its subgraphs (If/Loop/Scan bodies)."""
+    yield from graph.initializer
+    for n in graph.node:
+        for a in n.attribute:
+            for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                yield from _initializers(sub)
 
 
 def _element_bytes(model: onnx.ModelProto) -> int:
@@ -135,7 +149,7 @@ def _save_streamed(model: onnx.ModelProto, path) -> None:
         if fd.number != 5:
             _copy_fields_into(ghead if fd.number < 5 else gtail, fd, val)
     inits = model.graph.initializer
-    sizes = [t.ByteSize() for t in inits]
+    sizes = [onnx_file.tensor_size(t) for t in inits]
     first, last = ghead.SerializeToString(), gtail.SerializeToString()
     graph_len = len(first) + len(last) + sum(1 + len(_varint(n)) + n for n in sizes)
     with open(path, "wb") as f:
@@ -143,8 +157,13 @@ def _save_streamed(model: onnx.ModelProto, path) -> None:
         if model.HasField("graph"):
             f.write(b"\x3a" + _varint(graph_len) + first)  # field 7, length-delimited
             for t, n in zip(inits, sizes):
+                data = t.SerializeToString()
+                if len(data) != n:  # (raw_data of another length than its dims say)
+                    raise BadInputError(f"initializer {t.name!r}: {len(data)} bytes where its "
+                                        f"dims and type make {n}")
                 f.write(b"\x2a" + _varint(n))  # field 5, length-delimited
-                f.write(t.SerializeToString())
+                f.write(data)
+                del data
             f.write(last)
         f.write(tail.SerializeToString())
 
@@ -157,25 +176,33 @@ def op_counts(model: onnx.ModelProto) -> Counter:
 
 
 def fuse_model(model: onnx.ModelProto, rules, *, progress=None, what: str = "model",
-               validated: bool = False):
+               validated: bool = False, blocks: list | None = None):
     """Fold ``model`` (not modified) with ``rules``; returns ``(ModelProto, Report)``.
 
     The report's ``before``/``after`` are ONNX operator counts. ``validated``:
-    the model came from :func:`load`, which already checked it.
+    the model came from :func:`load`, which already checked it. ``blocks``, a list,
+    receives the values the fused model computes anew
+    (:class:`~reparam.frontends.onnx_lower.Block`), for the check.
     """
     from ..rewrite import run
 
     say = progress or (lambda msg: None)
     if not validated:
         validate(model, what)
+    original, notes = model, []
+    order = topological_order(model.graph.node)
+    if order is not None:
+        model = sorted_copy(model, order)
+        notes.append("note: the input's nodes were not in topological order (onnxruntime sorts "
+                      "them); the output's are")
     say("lifting")
     lifted = lift(model)
     say("rewriting")
     report = run(lifted.graph, rules)
     say("lowering")
-    fused = lower(lifted, release=True)
+    fused = lower(lifted, release=True, blocks=blocks)
     for n in lifted.graph.nodes:  # the IR is cyclic (inputs <-> users): let its float64
         n.attrs.clear()           # weights go now, not at the next garbage collection
-    report.before, report.after = op_counts(model), op_counts(fused)
-    report.notes.extend(lifted.notes)
+    report.before, report.after = op_counts(original), op_counts(fused)
+    report.notes.extend(notes + lifted.notes)
     return fused, report

@@ -3,8 +3,9 @@
 :func:`validate` raises :class:`~reparam.errors.BadInputError` naming the first
 thing wrong with a model: not a ModelProto, no graph, an opset of the default
 domain the frontend does not read, a zero-size input dimension, external data
-that was not loaded, a node reading a name nothing defines (or a cycle), a
-graph output nothing computes, or what the ONNX checker finds.
+that was not loaded, a node reading a name nothing defines, a cycle, a graph
+output nothing computes, or what the ONNX checker finds. Nodes out of
+topological order are no error (:func:`topological_order` sorts them).
 :func:`_check_external_files` names a missing external data file before any is
 read, and :func:`_check_bn_params` BatchNormalization parameters no trained
 model has (lifting calls it on the parameters it reads).
@@ -119,6 +120,57 @@ def _cycle(nodes) -> list[str] | None:
     return None
 
 
+def _outer_reads(node) -> set[str]:
+    """Names the subgraphs of ``node`` (If/Loop/Scan bodies) read from the enclosing graph."""
+    names: set[str] = set()
+    for a in node.attribute:
+        for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+            local = {i.name for i in sub.input} | {t.name for t in sub.initializer}
+            for n in sub.node:
+                names.update(i for i in list(n.input) + sorted(_outer_reads(n))
+                             if i and i not in local)
+                local.update(n.output)
+    return names
+
+
+def topological_order(nodes) -> list[int] | None:
+    """None when every node comes after the producers of what it reads (subgraph reads
+    included); else the node indices in a topological order that keeps the file's order
+    wherever it can (the first ready node first). A cycle leaves its nodes out."""
+    import heapq
+
+    producer = {o: k for k, n in enumerate(nodes) for o in n.output if o}
+    needs = [{producer[i] for i in set(n.input) | _outer_reads(n) if i in producer} - {k}
+             for k, n in enumerate(nodes)]
+    if all(max(d, default=-1) < k for k, d in enumerate(needs)):
+        return None
+    users: dict[int, list[int]] = {}
+    for k, d in enumerate(needs):
+        for j in d:
+            users.setdefault(j, []).append(k)
+    waiting = [len(d) for d in needs]
+    ready = [k for k, w in enumerate(waiting) if not w]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        k = heapq.heappop(ready)
+        order.append(k)
+        for u in users.get(k, ()):
+            waiting[u] -= 1
+            if not waiting[u]:
+                heapq.heappush(ready, u)
+    return order
+
+
+def sorted_copy(model: onnx.ModelProto, order: list[int]) -> onnx.ModelProto:
+    """``model`` with its graph's nodes in ``order`` (see :func:`topological_order`)."""
+    out = onnx.ModelProto()
+    onnx_file.copy_fields(model, out, skip=("graph",))
+    onnx_file.copy_fields(model.graph, out.graph, skip=("node",))
+    out.graph.node.extend(model.graph.node[k] for k in order)
+    return out
+
+
 def validate(model: onnx.ModelProto, what: str = "model", check_file=None) -> None:
     """Raise BadInputError unless ``model`` is a well-formed ONNX model.
 
@@ -147,22 +199,26 @@ def validate(model: onnx.ModelProto, what: str = "model", check_file=None) -> No
                             "that was not loaded (load the model with its external data)")
     defined = {i.name for i in g.input} | {t.name for t in g.initializer} | {""}
     defined |= {t.values.name for t in g.sparse_initializer}
+    computed = {o for n in g.node for o in n.output}
     for node in g.node:
         for name in node.input:
-            if name not in defined:
+            if name not in defined | computed:
                 label = node.name or (node.output[0] if node.output else node.op_type)
-                loop = _cycle(g.node) if any(name in n.output for n in g.node) else None
-                if loop:
-                    raise BadInputError(f"{what}: the graph has a cycle: {' -> '.join(loop)}")
                 raise BadInputError(
-                    f"{what}: node {label!r} ({node.op_type}) reads {name!r}, which no earlier node, "
+                    f"{what}: node {label!r} ({node.op_type}) reads {name!r}, which no node, "
                     "graph input or initializer defines (missing initializer?)")
-        defined.update(node.output)
+    order = topological_order(g.node)
+    if order is not None and len(order) < len(g.node):
+        loop = _cycle(g.node) or ["a node", "a subgraph reading its output", "that node"]
+        raise BadInputError(f"{what}: the graph has a cycle: {' -> '.join(loop)}")
+    defined |= computed
     for out in g.output:
         if out.name not in defined:
             raise BadInputError(f"{what}: graph output {out.name!r} is not computed by the graph")
     if check_file is False:
         return
+    if order is not None:  # the checker wants sorted nodes: it checks them as they will be
+        model, check_file = sorted_copy(model, order), None
     if check_file is not None or data_size(model) < PROTOBUF_LIMIT - (1 << 24):
         try:
             onnx.checker.check_model(model if check_file is None else os.fspath(check_file))

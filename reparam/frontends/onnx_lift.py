@@ -9,11 +9,17 @@ ONNX                   IR
 =====================  ========================================================
 Conv                   ``conv`` (weight and bias constant; any groups, dilation,
                        explicit pads, ``auto_pad`` NOTSET/VALID/SAME_*)
+Gemm, MatMul           ``conv`` without spatial dimensions (a linear layer): on an
+                       ``(N, K)`` input, ``B`` (and Gemm's ``C``) constant
 BatchNormalization     ``bn`` (inference form; ``ndim`` = input rank - 2)
-Add, Sum               ``add`` (every operand a computed tensor of one shape)
+Add, Sum               ``add`` (every operand a computed tensor of one shape; a
+                       one-input Sum is an ``identity``)
 Add/Sub/Mul/Div by a   ``bn`` with mean 0, var 1, eps 0 (``y = weight*x + bias``
-per-channel constant   exactly): a layer scale or shift
-Identity               ``identity``
+per-channel constant,  exactly): a layer scale or shift, a negation
+Neg
+ConvTranspose          ``conv_transpose`` (weight and bias constant, explicit pads)
+Identity, Dropout      ``identity`` (Dropout: inference, no mask read, no
+                       ``training_mode`` input)
 Pad (constant 0)       ``conv``: identity kernel with the padding
 AveragePool            ``conv``: :func:`reparam.kernel.avgpool`
 anything else          opaque (``op`` is the op type)
@@ -49,7 +55,7 @@ from ..ir import OPAQUE, Graph, Node, TensorType
 from ..kernel import Conv, Refusal
 from . import onnx_file
 from .onnx_check import _check_bn_params, _first_line
-from .onnx_file import _copy_fields
+from .onnx_file import copy_fields
 
 #: initializers at most this many bytes keep their data in the copy used for shape inference
 _SMALL = 4096
@@ -85,12 +91,17 @@ class OutputsOrigin:
 
 # --- shape inference on a copy without the big tensors ----------------------------------
 def _light_copy(model: onnx.ModelProto) -> onnx.ModelProto:
-    """``model`` with its large initializers replaced by (unread) external references."""
+    """``model`` with its large initializers replaced by (unread) external references, and
+    without its value_info and the shapes of its outputs: what a file declares there may be
+    stale (e.g. a static size where the graph takes any), and inference would keep it."""
     light = onnx.ModelProto()
-    _copy_fields(model, light, skip=("graph",))
-    _copy_fields(model.graph, light.graph, skip=("initializer",))
+    copy_fields(model, light, skip=("graph",))
+    copy_fields(model.graph, light.graph, skip=("initializer", "value_info"))
+    for o in light.graph.output:
+        if o.type.HasField("tensor_type"):
+            o.type.tensor_type.ClearField("shape")
     for t in model.graph.initializer:
-        if t.ByteSize() <= _SMALL or t.data_location == TensorProto.EXTERNAL:
+        if onnx_file.tensor_size(t) <= _SMALL or t.data_location == TensorProto.EXTERNAL:
             light.graph.initializer.append(t)
             continue
         s = light.graph.initializer.add()
@@ -125,12 +136,18 @@ _EVALUABLE = frozenset({
     "Mul", "Add", "Sub", "Div", "Neg", "Sqrt", "Reciprocal", "Range", "Tile", "Flatten"})
 
 
+def overridable(graph) -> set[str]:
+    """Initializers that are also graph inputs: defaults a caller may replace, not constants."""
+    return {i.name for i in graph.input} & {t.name for t in graph.initializer}
+
+
 class _Constants:
     """Values of tensors computable from constants alone (cached)."""
 
     def __init__(self, model: onnx.ModelProto, types: dict):
         self.model = model
-        self.inits = {t.name: t for t in model.graph.initializer}
+        inputs = {i.name for i in model.graph.input}
+        self.inits = {t.name: t for t in model.graph.initializer if t.name not in inputs}
         self.producer = {o: n for n in model.graph.node for o in n.output if o}
         self.types = types  # name -> (elem_type, dims)
         self.cache: dict[str, np.ndarray | None] = {}
@@ -241,6 +258,29 @@ def _implicit_inputs(node) -> list[str]:
     return sorted(names)
 
 
+class LiftedGraph(Graph):
+    """The IR of an ONNX graph, remembering which node's value each replaced node's value
+    now is (``replaced[old] = new``): the values a rewrite recomputes, which the check
+    compares (see :func:`reparam.frontends.onnx_lower.lower`)."""
+
+    def __init__(self):
+        super().__init__()
+        self.replaced: dict[Node, Node] = {}
+
+    def replace(self, old: Node, new: Node) -> None:
+        self.replaced[old] = new
+        super().replace(old, new)
+        if not old.alive:  # kept for its name and origin only: its weights may go
+            old.attrs.clear()
+            old.inputs = []
+
+    def now(self, node: Node) -> Node:
+        """The node computing ``node``'s value after the rewrites."""
+        while node in self.replaced:
+            node = self.replaced[node]
+        return node
+
+
 class Lifted:
     """Everything lowering needs besides the IR: the original model and lifting notes."""
 
@@ -262,16 +302,23 @@ class _Lifter:
             value_info = []
         self.types = {}
         g = model.graph
-        for vi in list(g.input) + list(g.output) + list(g.value_info) + value_info:
+        for vi in list(g.input) + value_info:
             if not vi.type.HasField("tensor_type"):
                 continue
             new = (vi.type.tensor_type.elem_type, _dims(vi))
             old = self.types.get(vi.name)
             if old is None or _known(new[1]) > _known(old[1]):  # keep the most informative
                 self.types[vi.name] = (new[0] or old[0], new[1]) if old else new
+        for vi in g.value_info:  # what the file declares may be stale: only where inference
+            dims = _dims(vi)     # found no rank, and no more than rank and channels
+            if vi.type.HasField("tensor_type") and dims is not None \
+                    and self.dims(vi.name) is None:
+                dims = tuple(d if k == 1 else None for k, d in enumerate(dims))
+                self.types[vi.name] = (self.elem(vi.name) or vi.type.tensor_type.elem_type, dims)
         for t in g.initializer:
             self.types.setdefault(t.name, (t.data_type, tuple(t.dims)))
         self.consts = _Constants(model, self.types)
+        self._leaf_reads: dict | None = None  # see _shared_values
         self._propagate_channels(g)
         # onnx-graphsurgeon view of the same graph, for attributes and tensor metadata
         declared = {v.name for v in g.value_info} | {v.name for v in g.output}
@@ -322,7 +369,7 @@ class _Lifter:
 
     def channels(self, name) -> int | None:
         d = self.dims(name)
-        return d[1] if d is not None and len(d) >= 3 and isinstance(d[1], int) and d[1] > 0 else None
+        return d[1] if d is not None and len(d) >= 2 and isinstance(d[1], int) and d[1] > 0 else None
 
     def ir_type(self, name) -> TensorType | None:
         """The IR type of tensor ``name`` (a dim_param or unknown size is dynamic)."""
@@ -347,10 +394,13 @@ class _Lifter:
         outs = [o for o in node.output if o]
         if op == "BatchNormalization":
             return self._bn(gnode, node, computed, outs)
+        if op == "Dropout" and len(node.output) == 1 and node.output[0] and not any(node.input[2:]):
+            return self._identity(gnode, node, computed)  # inference: y = x (no mask read)
         if len(node.output) != 1:
             return None
         fn = getattr(self, "_" + op.lower(), None) if op in (
-            "Conv", "Add", "Sum", "Sub", "Mul", "Div", "Identity", "Pad", "AveragePool") else None
+            "Conv", "Add", "Sum", "Sub", "Mul", "Div", "Neg", "Identity", "Pad", "AveragePool",
+            "Gemm", "MatMul", "ConvTranspose") else None
         return fn(gnode, node, computed) if fn else None
 
     def _keep(self, node, why):
@@ -398,6 +448,40 @@ class _Lifter:
             raise BadInputError(f"Conv {node.name!r}: {e}") from e
         return "conv", {"kernel": conv}, (0,)
 
+    def _gemm(self, gnode, node, computed):
+        """``alpha * A @ op(B) + beta * C`` on an ``(N, K)`` input with constant ``B`` and ``C``:
+        a linear layer (a conv without spatial dimensions)."""
+        a = gnode.attrs
+        x = node.input[0]
+        b = node.input[2] if len(node.input) > 2 else ""
+        wv, bv = self.const(node.input[1]), self.const(b) if b else None
+        if x not in computed or a.get("transA", 0) or wv is None or (b and bv is None):
+            return None
+        if wv.ndim != 2 or wv.dtype.kind != "f" or self._float_dtype(x) is None:
+            return None
+        w = np.array(wv, dtype=np.float64) * float(a.get("alpha", 1.0))
+        w = w if a.get("transB", 0) else w.T
+        bias = np.zeros(w.shape[0])
+        if bv is not None:
+            if bv.size not in (1, w.shape[0]) or bv.ndim > 2 or bv.ndim == 2 and bv.shape[0] != 1:
+                return None  # a bias per row (or of another size): not a linear layer's
+            bias = np.broadcast_to(np.asarray(bv, np.float64).reshape(-1), w.shape[:1]) \
+                * float(a.get("beta", 1.0))
+        return self._linear(x, w, bias)
+
+    def _matmul(self, gnode, node, computed):
+        x, wv = node.input[0], self.const(node.input[1])
+        if x not in computed or wv is None or wv.ndim != 2 or wv.dtype.kind != "f" \
+                or self._float_dtype(x) is None:
+            return None
+        return self._linear(x, np.array(wv, dtype=np.float64).T, np.zeros(wv.shape[1]))
+
+    def _linear(self, x, weight, bias):
+        dims = self.dims(x)
+        if dims is None or len(dims) != 2 or self.channels(x) != weight.shape[1]:
+            return None
+        return "conv", {"kernel": Conv(weight, bias.copy(), (), (), ())}, (0,)
+
     def _pads(self, node, a, nd, ks, stride, dil, x):
         auto = a.get("auto_pad", "NOTSET") or "NOTSET"
         if auto == "NOTSET":
@@ -431,7 +515,7 @@ class _Lifter:
         if len(node.output) != 1 or node.input[0] not in computed:
             return None
         x = node.input[0]
-        attrs = {"eps": float(gnode.attrs.get("epsilon", 1e-5))}
+        attrs = {"eps": float(gnode.attrs.get("epsilon", np.float32(1e-5)))}  # a float attr
         dtype = self._float_dtype(x)
         params = [self.const(n) for n in node.input[1:5]]
         if len(params) == 4 and all(p is not None for p in params):
@@ -458,6 +542,8 @@ class _Lifter:
 
     def _sum(self, gnode, node, computed):
         ins = list(node.input)
+        if node.op_type == "Sum" and len(ins) == 1:
+            return self._identity(gnode, node, computed)
         if len(ins) < 2 or any(i not in computed or self.const(i) is not None for i in ins):
             return None
         dtype = self._float_dtype(ins[0])
@@ -479,6 +565,37 @@ class _Lifter:
         return self._affine(node, computed)
 
     _mul = _div = lambda self, gnode, node, computed: self._affine(node, computed)
+
+    def _neg(self, gnode, node, computed):
+        """``-x``: the per-channel affine ``-1 * x + 0``."""
+        x = node.input[0]
+        chans = self.channels(x)
+        if x not in computed or chans is None or self._float_dtype(x) is None:
+            return None
+        return "bn", {"mean": np.zeros(chans), "var": np.ones(chans), "eps": 0.0,
+                      "weight": -np.ones(chans), "bias": np.zeros(chans), "affine": "Neg"}, (0,)
+
+    def _convtranspose(self, gnode, node, computed):
+        x, a = node.input[0], gnode.attrs
+        b = node.input[2] if len(node.input) > 2 else ""
+        wv, bv = self.const(node.input[1]), self.const(b) if b else None
+        if x not in computed or wv is None or (b and bv is None) or wv.ndim < 3 \
+                or wv.dtype.kind != "f" or self._float_dtype(x) is None:
+            return None
+        if (a.get("auto_pad", "NOTSET") or "NOTSET") != "NOTSET" or "output_shape" in a:
+            return self._keep(node, "a transposed conv sized by auto_pad or output_shape")
+        nd, group = wv.ndim - 2, int(a.get("group", 1))
+        p = list(a.get("pads", [0] * 2 * nd))
+        out_c = wv.shape[1] * group
+        bias = np.zeros(out_c) if bv is None else np.array(bv, dtype=np.float64).reshape(-1)
+        try:
+            ct = kernel.ConvTranspose(np.array(wv, dtype=np.float64, copy=True), bias,
+                                      tuple(a.get("strides", [1] * nd)), tuple(zip(p[:nd], p[nd:])),
+                                      tuple(a.get("dilations", [1] * nd)),
+                                      tuple(a.get("output_padding", [0] * nd)), group)
+        except ValueError as e:
+            raise BadInputError(f"ConvTranspose {node.name!r}: {e}") from e
+        return "conv_transpose", {"kernel": ct}, (0,)
 
     def _affine(self, node, computed):
         """``x op c`` (or ``c op x`` for Add/Mul/Sub) with ``c`` constant per channel."""
@@ -562,16 +679,49 @@ class _Lifter:
             return self._keep(node, conv.reason)
         return "conv", {"kernel": conv, "pool": True}, (0,)
 
+    def _shared_values(self, node, slots) -> int:
+        """How many of the weight values ``node`` reads lie in an initializer that other
+        nodes (or graph outputs) read too, directly or through Identity nodes: they stay
+        whatever a fold does, so the cost guard does not count them as saved. Only the
+        weight (input 1) counts: a bias an exporter shares (the all-zero biases of a
+        model's linear layers, written once) is as small as what a fold saves beside it,
+        and counting it would stop folds that end up removing every reader."""
+        if self._leaf_reads is None:
+            reads: dict[str, int] = {o.name: 1 for o in self.model.graph.output}
+            for n in reversed(self.model.graph.node):  # an Identity's reads are its readers'
+                if n.op_type in ("Shape", "Size"):  # metadata only (as torch.export computes
+                    continue                         # a zero bias from a weight's shape)
+                for i in list(n.input) + _implicit_inputs(n):
+                    reads[i] = reads.get(i, 0) + (reads.get(n.output[0], 0)
+                                                  if n.op_type == "Identity" else 1)
+            self._leaf_reads = reads
+        producer = self.consts.producer
+        shared = 0
+        for k, name in enumerate(node.input[:2]):
+            if k in slots or not name:
+                continue
+            while name in producer and producer[name].op_type == "Identity":
+                name = producer[name].input[0]
+            t = self.consts.inits.get(name)
+            if t is not None and self._leaf_reads.get(name, 0) > 1:
+                shared += math.prod(t.dims)
+        return shared
+
     # the whole graph ------------------------------------------------------------------
     def lift(self) -> Lifted:
         g = self.model.graph
-        graph = Graph()
+        graph = LiftedGraph()
         value_of: dict[str, Node] = {}
-        inits = {t.name for t in g.initializer}
-        for i in g.input:
-            if i.name not in inits:
-                value_of[i.name] = graph.add(OPAQUE, [], {"label": "<input>"}, i.name,
-                                             origin=TensorOrigin(i.name), type=self.ir_type(i.name))
+        defaults = overridable(g)
+        if defaults:
+            self.notes.append(
+                f"note: {len(defaults)} initializers are also graph inputs (e.g. "
+                f"{sorted(defaults)[0]!r}): a caller may feed other values, so they are not "
+                "constants and nothing that reads them is folded (export without "
+                "keep_initializers_as_inputs to fold them)")
+        for i in g.input:  # an initializer listed as an input is an input (see overridable)
+            value_of[i.name] = graph.add(OPAQUE, [], {"label": "<input>"}, i.name,
+                                         origin=TensorOrigin(i.name), type=self.ir_type(i.name))
         for index, (gnode, node) in enumerate(zip(self.gs_graph.nodes, g.node)):
             label = node.name or (node.output[0] if node.output else node.op_type)
             lifted = self.classify(gnode, node, value_of)
@@ -583,6 +733,8 @@ class _Lifter:
                          else f"{node.domain}::{node.op_type}"}
             else:
                 op, attrs, slots = lifted
+                if op in ("conv", "conv_transpose"):
+                    attrs["shared"] = self._shared_values(node, slots)
             names = [node.input[s] if isinstance(s, int) else s for s in slots]
             origin = NodeOrigin(index, tuple(slots))
             out_type = self.ir_type(node.output[0]) if len(node.output) == 1 else None

@@ -3,12 +3,21 @@
 Every IR node lifted from an ONNX node has ``origin`` = :class:`NodeOrigin`
 (its index in the graph and which input slots are IR inputs). Lowering copies
 that NodeProto byte for byte, only renaming inputs whose producer a rewrite
-replaced; new ``conv``/``add`` nodes become Conv/Add nodes with fresh
-initializers. Then nodes and initializers that only served folded nodes are
-dropped, value_info is re-inferred, and graph inputs, outputs (names, dynamic
-dimensions), opset imports, metadata and every other model field are kept.
+replaced; new ``conv``/``conv_transpose``/``add`` nodes become Conv (Gemm for a
+linear layer)/ConvTranspose/Add nodes with fresh initializers (equal ones written
+once). A new node that computes a graph output, or a value a subgraph reads by
+name, carries that name itself (an Identity copies it for any further name), so
+every name is defined once. Then nodes and initializers that only served folded
+nodes are dropped, Identity and inference Dropout nodes no output name needs are
+bypassed, value_info is re-inferred, and graph inputs, outputs (names, dynamic
+dimensions), opset imports, metadata and every other model field are kept. The
+values new nodes compute in place of original ones are listed as :class:`Block`
+for the check.
 """
 from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -17,7 +26,7 @@ from onnx import helper
 from ..ir import Node
 from ..kernel import Conv
 from . import onnx_file
-from .onnx_file import _copy_fields
+from .onnx_file import copy_fields
 from .onnx_lift import (_NP_FLOAT, Lifted, NodeOrigin, OutputsOrigin, TensorOrigin,
                         _implicit_inputs, infer_value_info)
 
@@ -76,6 +85,103 @@ def _early(nodes, source) -> list:
     return out
 
 
+@dataclass(frozen=True)
+class Block:
+    """A value of the original model that the fused model computes with new nodes: the
+    output of the folded node ``label``, tensor ``original`` there, ``fused`` here;
+    ``inner``: the original's tensors it was computed from that the fused model no longer
+    has, and those it reads (whose magnitudes set how finely float32 can round it)."""
+
+    label: str
+    original: str
+    fused: str
+    inner: tuple = ()
+
+
+def _blocks(lifted: Lifted, value: dict, emitted: set) -> list[Block]:
+    """One :class:`Block` per new node whose value replaces an original node's;
+    ``emitted``: indices of the original nodes the fused model keeps."""
+    graph, g = lifted.graph, lifted.model.graph
+    producer = {o: k for k, n in enumerate(g.node) for o in n.output if o}
+    found: dict[Node, Block] = {}
+    for old in graph.replaced:
+        new = graph.now(old)
+        if not isinstance(old.origin, NodeOrigin) or new.origin is not None or not new.alive \
+                or new not in value or new in found:
+            continue
+        out = g.node[old.origin.index].output[0]
+        found[new] = Block(old.name, out, value[new], _region(g, producer, out, emitted))
+    return list(found.values())
+
+
+def _region(g, producer: dict, name: str, emitted: set) -> tuple:
+    """Tensors ``name`` is computed from, back to (and including) those the fused model
+    still has: the computed ones, not initializers or constants."""
+    inputs = {x.name for x in g.input}
+    seen, stack = set(), [name]
+    while stack:
+        k = producer.get(stack.pop())
+        if k is None or k in emitted:
+            continue
+        for i in g.node[k].input:
+            computed = i in inputs or (i in producer and g.node[producer[i]].op_type != "Constant")
+            if computed and i not in seen:
+                seen.add(i)
+                stack.append(i)
+    return tuple(sorted(seen))
+
+
+def _wanted_names(graph, sink) -> dict:
+    """The original tensor name each new node's value must have: the graph output, or the
+    name a subgraph reads, that it now computes (the first such; others are copies)."""
+    wanted: dict[Node, str] = {}
+    for name, src in zip(sink.origin.names, sink.inputs):
+        if src.origin is None:
+            wanted.setdefault(src, name)
+    for n in graph.nodes:
+        if isinstance(n.origin, NodeOrigin):
+            for slot, src in zip(n.origin.slots, n.inputs):
+                if isinstance(slot, str) and src.origin is None:
+                    wanted.setdefault(src, slot)
+    return wanted
+
+
+def _take_name(n, wanted, value, fresh) -> None:
+    """Rename the new value of ``n`` (which nothing reads yet) to its wanted name, if any."""
+    name = wanted.get(n)
+    if name is not None:
+        producer = fresh.pop(value[n])
+        producer.output[0] = name
+        fresh[name] = producer
+        value[n] = name
+
+
+def _is_noop(p) -> bool:
+    """An Identity, or an inference Dropout (no mask read, no training_mode input)."""
+    if p.domain not in ("", "ai.onnx") or not p.input or not p.output[0]:
+        return False
+    if p.op_type == "Identity":
+        return True
+    return p.op_type == "Dropout" and not any(p.output[1:]) and not any(p.input[2:])
+
+
+def _bypass_noops(nodes, outputs) -> list:
+    """``nodes`` without their no-ops (:func:`_is_noop`) whose output is no graph output and
+    read by no subgraph: their readers read the no-op's input instead."""
+    protected = set(outputs)
+    for p in nodes:
+        protected.update(_implicit_inputs(p))
+    alias: dict[str, str] = {}
+    kept = []
+    for p in nodes:
+        p.input[:] = [alias.get(i, i) for i in p.input]
+        if _is_noop(p) and p.output[0] not in protected:
+            alias[p.output[0]] = p.input[0]
+        else:
+            kept.append(p)
+    return kept
+
+
 def _add_initializer(graph, name: str, array: np.ndarray) -> None:
     """``numpy_helper.from_array(array, name)`` built in ``graph`` itself (a TensorProto
     appended to a graph is copied: a large weight would be in memory twice)."""
@@ -86,11 +192,12 @@ def _add_initializer(graph, name: str, array: np.ndarray) -> None:
     t.raw_data = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
 
 
-def lower(lifted: Lifted, release: bool = False) -> onnx.ModelProto:
+def lower(lifted: Lifted, release: bool = False, blocks: list | None = None) -> onnx.ModelProto:
     """The ONNX model computing ``lifted.graph`` (see the module docstring).
 
     ``release``: drop each new conv's float64 kernel from the IR once its
     initializers are written (the IR cannot be lowered again afterwards).
+    ``blocks``, a list, receives a :class:`Block` for each value a rewrite computes anew.
     """
     model, graph = lifted.model, lifted.graph
     g = model.graph
@@ -102,9 +209,16 @@ def lower(lifted: Lifted, release: bool = False) -> onnx.ModelProto:
     value: dict[Node, str] = {}
     nodes: list[onnx.NodeProto] = []
     source: dict[int, int] = {}  # id of an emitted copy -> index of the node it copies
-    inits: list[tuple] = []  # (name, array or (node, field), dtype): made in ``out`` itself
+    inits: list[tuple] = []  # (name, array or (node, field[, shape]), dtype): made in ``out``
     fresh: dict[str, onnx.NodeProto] = {}  # tensor made here -> its producer
-    restored: set[str] = set()
+    wanted = _wanted_names(graph, lifted.sink)
+    copied: set[str] = set()  # names an Identity defines (each once)
+
+    def copy_as(src_name, name, why):
+        if name not in copied:
+            copied.add(name)
+            nodes.append(helper.make_node("Identity", [src_name], [name],
+                                          name=node_names.fresh(name + why)))
 
     for n in graph.nodes:
         o = n.origin
@@ -114,10 +228,8 @@ def lower(lifted: Lifted, release: bool = False) -> onnx.ModelProto:
             for slot, src in zip(o.slots, n.inputs):
                 if isinstance(slot, int):
                     p.input[slot] = value[src]
-                elif value[src] != slot and slot not in restored:  # a subgraph reads it by name
-                    restored.add(slot)
-                    nodes.append(helper.make_node("Identity", [value[src]], [slot],
-                                                  name=node_names.fresh(slot + "/reparam_restore")))
+                elif value[src] != slot:  # a subgraph reads it by name
+                    copy_as(value[src], slot, "/reparam_restore")
             nodes.append(p)
             source[id(p)] = o.index
             if len(p.output) == 1:
@@ -134,14 +246,41 @@ def lower(lifted: Lifted, release: bool = False) -> onnx.ModelProto:
             inits.append((w, (n, "weight"), dt))
             inits.append((b, (n, "bias"), dt))
             out = tensors.fresh(name + "_output_0")
-            p = helper.make_node(
-                "Conv", [value[n.inputs[0]], w, b], [out], name=name,
-                dilations=list(conv.dilation), group=conv.groups, kernel_shape=list(conv.kernel_size),
-                pads=[p_[0] for p_ in conv.pads] + [p_[1] for p_ in conv.pads],
-                strides=list(conv.stride))
+            x = value[n.inputs[0]]
+            if conv.ndim == 0 and conv.groups > 1:  # per-channel (N, C): x * w + b
+                inits[-2] = (w, (n, "weight", (conv.out_channels,)), dt)
+                scaled = tensors.fresh(name + "_scaled")
+                nodes.append(helper.make_node("Mul", [x, w], [scaled], name=name))
+                p = helper.make_node("Add", [scaled, b], [out], name=node_names.fresh(name))
+            elif conv.ndim == 0:  # a linear layer
+                p = helper.make_node("Gemm", [x, w, b], [out], name=name, transB=1)
+            else:
+                p = helper.make_node(
+                    "Conv", [x, w, b], [out], name=name, dilations=list(conv.dilation),
+                    group=conv.groups, kernel_shape=list(conv.kernel_size),
+                    pads=[p_[0] for p_ in conv.pads] + [p_[1] for p_ in conv.pads],
+                    strides=list(conv.stride))
             nodes.append(p)
             fresh[out] = p
             value[n] = out
+            _take_name(n, wanted, value, fresh)
+        elif n.op == "conv_transpose":
+            ct = n.attrs["kernel"]
+            dt = np.dtype(n.type.dtype)
+            name = node_names.fresh(n.name or "conv_transpose")
+            w, b = tensors.fresh(name + ".weight"), tensors.fresh(name + ".bias")
+            inits.append((w, (n, "weight"), dt))
+            inits.append((b, (n, "bias"), dt))
+            out = tensors.fresh(name + "_output_0")
+            p = helper.make_node(
+                "ConvTranspose", [value[n.inputs[0]], w, b], [out], name=name,
+                dilations=list(ct.dilation), group=ct.groups, kernel_shape=list(ct.weight.shape[2:]),
+                pads=[q[0] for q in ct.pads] + [q[1] for q in ct.pads], strides=list(ct.stride),
+                output_padding=list(ct.output_padding))
+            nodes.append(p)
+            fresh[out] = p
+            value[n] = out
+            _take_name(n, wanted, value, fresh)
         elif n.op == "add":  # sum(c_i * x_i): Add / Sub, Neg or Mul by a constant otherwise
             base = node_names.fresh(n.name or "add")
             dt = np.dtype(n.type.dtype)
@@ -168,28 +307,20 @@ def lower(lifted: Lifted, release: bool = False) -> onnx.ModelProto:
             coeffs = n.attrs.get("coeffs") or (1.0,) * len(n.inputs)
             if len(n.inputs) > 2 and all(c == 1 for c in coeffs):  # one node, as a Sum was
                 value[n] = emit("Sum", [value[i] for i in n.inputs])
-                continue
-            acc = scaled(value[n.inputs[0]], coeffs[0])
-            for c, i in zip(coeffs[1:], n.inputs[1:]):
-                acc = emit("Sub", [acc, value[i]]) if c == -1 else emit("Add", [acc, scaled(value[i], c)])
-            value[n] = acc
+            else:
+                acc = scaled(value[n.inputs[0]], coeffs[0])
+                for c, i in zip(coeffs[1:], n.inputs[1:]):
+                    acc = emit("Sub", [acc, value[i]]) if c == -1 else \
+                        emit("Add", [acc, scaled(value[i], c)])
+                value[n] = acc
+            _take_name(n, wanted, value, fresh)
         else:
             raise NotImplementedError(f"the ONNX frontend cannot lower new node {n}")
 
-    # graph outputs keep their names: rename a fresh tensor, else copy through an Identity
+    # graph outputs keep their names (a new node already computes its own under it)
     for name, src in zip(lifted.sink.origin.names, lifted.sink.inputs):
-        v = value[src]
-        if v == name:
-            continue
-        if v in fresh and v not in {o.name for o in g.output}:
-            for p in nodes:
-                p.input[:] = [name if i == v else i for i in p.input]
-            fresh[v].output[0] = name
-            fresh[name] = fresh.pop(v)
-            value[src] = name  # a later output of the same value copies the new name
-        else:
-            nodes.append(helper.make_node("Identity", [v], [name],
-                                          name=node_names.fresh(name + "/reparam_output")))
+        if value[src] != name:
+            copy_as(value[src], name, "/reparam_output")
 
     nodes = _early(nodes, source)
     # drop what only folded nodes needed; keep whatever was already unused in the input
@@ -198,12 +329,15 @@ def lower(lifted: Lifted, release: bool = False) -> onnx.ModelProto:
     live_after = _live(nodes, outputs)
     kept = [p for p, ok in zip(nodes, live_after)
             if ok or (id(p) in source and not live_before[source[id(p)]])]
+    kept = _bypass_noops(kept, outputs)
+    if blocks is not None:
+        blocks.extend(_blocks(lifted, value, {source[id(p)] for p in kept if id(p) in source}))
     used_before = _used_names(list(g.node), outputs)
     used_after = _used_names(kept, outputs)
 
     out = onnx.ModelProto()
-    _copy_fields(model, out, skip=("graph",))
-    _copy_fields(g, out.graph, skip=("node", "initializer", "value_info"))
+    copy_fields(model, out, skip=("graph",))
+    copy_fields(g, out.graph, skip=("node", "initializer", "value_info"))
     out.graph.node.extend(kept)
     listed = {i.name for i in g.input}  # an initializer listed as graph input stays with it
     for t in g.initializer:
@@ -212,14 +346,27 @@ def lower(lifted: Lifted, release: bool = False) -> onnx.ModelProto:
                 onnx_file.materialize(t, out.graph.initializer.add())
             else:
                 out.graph.initializer.append(t)
+    made: dict[tuple, str] = {}  # (dtype, shape, digest) -> name: equal new tensors are one
+    same: dict[str, str] = {}
     for k, (name, src, dt) in enumerate(inits):
         inits[k] = None
         array = getattr(src[0].attrs["kernel"], src[1]) if isinstance(src, tuple) else src
+        if isinstance(src, tuple) and len(src) > 2:
+            array = array.reshape(src[2])
         if name in used_after:
-            _add_initializer(out.graph, name, array.astype(dt))
+            array = np.ascontiguousarray(array.astype(dt))
+            key = (array.dtype.str, array.shape, hashlib.blake2b(array.data).digest())
+            if key in made:
+                same[name] = made[key]
+            else:
+                made[key] = name
+                _add_initializer(out.graph, name, array)
         del array
         if release and isinstance(src, tuple) and src[1] == "bias":  # its weight is written too
             src[0].attrs.pop("kernel")
+    if same:
+        for p in out.graph.node:
+            p.input[:] = [same.get(i, i) for i in p.input]
     present = {o for p in kept for o in p.output} | used_after
     out.graph.value_info.extend(vi for vi in g.value_info if vi.name in present)
     inferred = infer_value_info(out)
