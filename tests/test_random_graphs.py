@@ -79,7 +79,7 @@ def magnitudes(spec, x, sigmoid_slope: float = 0.0) -> list[float]:
             op = spec.ops[k - 1] if k else None
             if op is not None:
                 w_in = w * (sigmoid_slope if op.kind == "act" and op.attrs["fn"] == "sigmoid" else 1.0)
-                stack.extend((i, w_in) for i in op.inputs)
+                stack.extend((i, w_in) for i in spec.reads[k - 1])
         out.append(max(w * top[k] for k, w in best.items()))
     return out
 
@@ -147,14 +147,21 @@ def run_onnx64(model, x):
 
 _ELEMENTWISE = {operator.add, operator.sub, operator.mul, operator.truediv, operator.neg,
                 torch.add, torch.sub, torch.mul, torch.div, torch.neg,
-                "add", "sub", "mul", "div", "neg", "rsub", "radd", "rmul"}  # the last: call_method
-_FREE_MODULES = (nn.ZeroPad2d, nn.ConstantPad2d, nn.Identity, nn.ReLU, nn.Sigmoid, nn.Tanh, nn.LeakyReLU)
+                "add", "sub", "mul", "div", "neg", "rsub", "radd", "rmul",  # call_method
+                "add_", "sub_", "mul_", "div_"}
+CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+POOLS = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
+_FREE_FUNCTIONS = {"pad", "relu", "sigmoid", "tanh", "leaky_relu", "cat", "relu_", "sigmoid_", "tanh_",
+                   "leaky_relu_", "squeeze"}
+_FREE_MODULES = (nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.ConstantPad1d, nn.ConstantPad2d,
+                 nn.ConstantPad3d, nn.Identity, nn.ReLU, nn.Sigmoid, nn.Tanh, nn.LeakyReLU)
 
 
 def fx_cost(model, x, dtype=torch.float64) -> tuple[int, int]:
-    """(compute nodes, multiply-adds) of ``model`` on ``x``: convs ``out * Cin/g * kh*kw``, average
-    pools ``out * kh*kw``, BatchNorm and elementwise arithmetic one per element; pads,
-    activations, concat and identity free."""
+    """(compute nodes, multiply-adds) of ``model`` on ``x``: convs ``out * Cin/g * prod(k)``, average
+    pools ``out * prod(k)``, BatchNorm and elementwise arithmetic one per element; pads,
+    activations, concat, squeeze and identity free. (Hooks run inside their module's node.)"""
     gm = fx.symbolic_trace(model)
     ShapeProp(gm).propagate(torch.from_numpy(x).to(dtype))
     mods = dict(gm.named_modules())
@@ -167,12 +174,12 @@ def fx_cost(model, x, dtype=torch.float64) -> tuple[int, int]:
         numel = math.prod(meta.shape) if meta is not None and hasattr(meta, "shape") else 0
         if n.op == "call_module":
             m = mods[n.target]
-            if isinstance(m, nn.Conv2d):
+            if isinstance(m, CONVS):
                 macs += numel * m.weight[0].numel()
-            elif isinstance(m, nn.BatchNorm2d):
+            elif isinstance(m, BATCHNORMS):
                 macs += numel
-            elif isinstance(m, nn.AvgPool2d):
-                k = m.kernel_size if isinstance(m.kernel_size, tuple) else (m.kernel_size,) * 2
+            elif isinstance(m, POOLS):
+                k = m.kernel_size if isinstance(m.kernel_size, tuple) else (m.kernel_size,) * (len(meta.shape) - 2)
                 macs += numel * math.prod(k)
             else:
                 assert isinstance(m, _FREE_MODULES), m
@@ -180,7 +187,7 @@ def fx_cost(model, x, dtype=torch.float64) -> tuple[int, int]:
             macs += numel
         else:
             name = getattr(n.target, "__name__", str(n.target))
-            assert name in ("pad", "relu", "sigmoid", "tanh", "leaky_relu", "cat"), n.target
+            assert name in _FREE_FUNCTIONS, n.target
     return nodes, macs
 
 
@@ -205,7 +212,8 @@ def onnx_cost(model) -> tuple[int, int]:
         elif n.op_type == "Sum":
             macs += numel * (len(n.input) - 1)
         else:
-            assert n.op_type in ("Pad", "Relu", "Sigmoid", "Tanh", "LeakyRelu", "Concat", "Identity"), n.op_type
+            assert n.op_type in ("Pad", "Relu", "Sigmoid", "Tanh", "LeakyRelu", "Concat", "Identity", "Squeeze"), \
+                n.op_type
     return len(model.graph.node), macs
 
 
