@@ -1,11 +1,11 @@
-"""Conv (or transposed conv) followed by BatchNorm -> one conv."""
+"""Conv (or transposed conv) followed by BatchNorm -> one conv; a sum's coefficient -> its conv."""
 from __future__ import annotations
 
 from reparam import kernel
 from reparam.kernel import Refusal
 from reparam.rewrite import rule
 
-from .common import bn_kernel, conv_kernel, new_conv, other_users
+from .common import add_coeffs, bn_kernel, conv_kernel, new_conv, other_users
 
 
 @rule("bn")
@@ -37,3 +37,26 @@ def fold_conv_bn(graph, bn):
     graph.replace(bn, new_conv(graph, conv.inputs[0], folded, conv, readers=[conv],
                                type=bn.type, folded=[(conv, True)], op=conv.op))
     return True
+
+
+@rule("add")
+def fold_sum_coefficient(graph, add):
+    """A term ``c * conv(X)`` of a weighted sum (``c`` not 1 or -1: ``torch.add(a, b, alpha=c)``
+    left after a merge), whose conv nothing else reads, becomes ``conv'(X)`` with ``c`` in its
+    weights and bias: exact, and the sum needs no multiply for it."""
+    coeffs = add_coeffs(add)
+    for i, (term, c) in enumerate(zip(add.inputs, coeffs)):
+        if abs(c) == 1 or term.op != "conv" or len(term.data_users) != 1 or graph.mutated(term):
+            continue
+        k = conv_kernel(term)
+        if not k:
+            continue
+        scaled = new_conv(graph, term.inputs[0], k.replace(weight=c * k.weight, bias=c * k.bias), term,
+                          readers=[term], type=term.type, folded=[(term, True)])
+        rest = coeffs[:i] + (1.0,) + coeffs[i + 1:]
+        attrs = {**add.attrs, "coeffs": rest} if any(v != 1 for v in rest) else \
+            {key: v for key, v in add.attrs.items() if key != "coeffs"}
+        inputs = add.inputs[:i] + [scaled] + add.inputs[i + 1:]
+        graph.replace(add, graph.add("add", inputs, attrs, add.name, before=add, type=add.type))
+        return True
+    return None
