@@ -225,6 +225,8 @@ class Spec:
                 assert "alpha" not in a or a.get("spelling") in ("torch", "method", "method_"), (i, op)
             if op.kind == "concat":
                 assert len({s[1:] for s in ins}) == 1, (i, op)
+            if op.kind == "avgpool":  # torch's avg_pool3d refuses an input smaller than its kernel
+                assert all(k <= n for k, n in zip(a["k"], ins[0][1:])), (i, op)
             if op.kind == "affine":
                 assert broadcasts(a["shape"], ins[0]), (i, op)
                 assert not mutates(op) or (not a["const_first"] and a["shape"] != "11111"), (i, op)
@@ -417,25 +419,26 @@ def _act(draw, draft, src):
     return draft.add("act", [src], fn=fn, functional=functional)
 
 
-def _affine(draw, draft, src, codes=CONST_SHAPES):
+def _affine(draw, draft, src, codes=CONST_SHAPES, in_place=("method_", "augmented")):
     op = draw(st.sampled_from(AFFINE_OPS))
     code = draw(st.sampled_from([c for c in codes if broadcasts(c, draft.shapes[src])]))
     const_first = op != "div" and draw(st.booleans())
     attrs = dict(op=op, shape=code, const_first=const_first)
-    if not const_first and code != "11111" and draft.changeable(src):
-        spelling = _rarely(draw, draw(st.sampled_from(["method_", "augmented"])))
+    if in_place and not const_first and code != "11111" and draft.changeable(src):
+        spelling = _rarely(draw, draw(st.sampled_from(in_place)))
         attrs.update({"spelling": spelling} if spelling else {})
     return draft.add("affine", [src], **attrs)
 
 
-def _binary(draw, draft, kind, ins):
-    """An add or sub of two tensors, in one of torch's spellings."""
+def _binary(draw, draft, kind, ins, in_place=("method_", "augmented"), alpha=True):
+    """An add or sub of two tensors, in one of torch's spellings (``in_place``: the in-place
+    ones it may use; ``alpha``: whether it may scale the second)."""
     spellings = ["operator", "operator", "torch", "method"]
     if draft.changeable(ins[0]):
-        spellings += ["method_", "augmented"]
+        spellings += list(in_place)
     spelling = draw(st.sampled_from(spellings))
     attrs = {} if spelling == "operator" else {"spelling": spelling}
-    if spelling in ("torch", "method", "method_"):
+    if alpha and spelling in ("torch", "method", "method_"):
         alpha = draw(st.sampled_from((None,) + ALPHAS))
         attrs.update({"alpha": alpha} if alpha is not None else {})
     return draft.add(kind, ins, **attrs)
@@ -452,7 +455,8 @@ def _avgpool_to(draw, draft, src, stride, target):
     _, *size = draft.shapes[src]
     dims = []
     for n, s, t in zip(size, stride, target):
-        options = [(k, p) for k in range(1, 5) for p in range(k // 2 + 1) if out_len(n, k, s, 1, p, p) == t]
+        options = [(k, p) for k in range(1, min(n, 4) + 1) for p in range(k // 2 + 1)
+                   if out_len(n, k, s, 1, p, p) == t]
         if not options:
             return None
         dims.append(draw(st.sampled_from(options)))
@@ -509,7 +513,9 @@ def _branch(draw, draft, src, cout, stride, target):
     return out
 
 
-def _sum_tree(draw, draft, operands) -> int:
+def _sum_tree(draw, draft, operands, in_place=("method_", "augmented"), scaled_sums=True) -> int:
+    """Operands summed by a random tree of add, sub and sum (``scaled_sums``: an alpha may scale
+    a sum)."""
     operands = list(operands)
     while len(operands) > 1:
         kind = draw(st.sampled_from(["add", "add", "sub", "sum"]))
@@ -518,7 +524,9 @@ def _sum_tree(draw, draft, operands) -> int:
             n = draw(st.integers(2, len(operands) - i))
             out = draft.add(kind, operands[i:i + n])
         else:
-            n, out = 2, _binary(draw, draft, kind, operands[i:i + 2])
+            ins = operands[i:i + 2]
+            scales_sum = draft.ops[ins[1] - 1].kind in ("add", "sub", "sum") if ins[1] else False
+            n, out = 2, _binary(draw, draft, kind, ins, in_place, alpha=scaled_sums or not scales_sum)
         operands[i:i + n] = [out]
     return operands[0]
 
@@ -640,6 +648,113 @@ def graphs(draw, max_channels=6, min_size=3, max_size=9, max_blocks=8):
     inner = [i for i in final if draft.uses[i] > 0]
     extra = draw(st.lists(st.sampled_from(inner), max_size=1, unique=True)) if inner else []
     return _spec(draw, draft, tuple(sorted(set(sinks + extra))))
+
+
+# --- chains of blocks that fold, with the counts fusing must reach -------------------------------
+
+def _odd_kernel(draw, largest):
+    """An odd kernel, per dimension at most ``largest``'s."""
+    return tuple(draw(st.sampled_from(range(1, k + 1, 2))) for k in largest)
+
+
+def _centred_conv(draw, draft, src, cout, stride, k, groups, bias=None):
+    """A conv whose output is centred on its input's positions (odd kernel, padding k // 2)."""
+    return draft.add("conv", [src], out=cout, k=k, stride=stride, dilation=(1,) * len(k),
+                     pads=tuple((d // 2, d // 2) for d in k), groups=groups,
+                     bias=draw(st.booleans()) if bias is None else bias)
+
+
+def _per_channel(draw, draft, src, in_place):
+    """A per-channel (or scalar) affine of ``src``: a layer scale or shift (``in_place``: maybe
+    written ``x *= c``, which fx traces as ``x = x * c``; ``x.mul_(c)`` is not lifted)."""
+    return _affine(draw, draft, src, codes=("c11", "1c11", "scalar"), in_place=("augmented",) if in_place else ())
+
+
+def _foldable_branch(draw, draft, src, cout, stride, main_k, groups, first):
+    """One branch that folds into the block's conv (kernel ``main_k``, ``groups``, ``stride``,
+    centred): a conv no larger, of a multiple of ``groups``, maybe followed by a BN or a
+    per-channel affine; a 1x1 -> conv or 1x1 -> average pool chain (dense blocks only); an
+    average pool; and, where the block keeps the shape, the input, an identity, a BN, a
+    per-channel affine. ``first``: the block's main conv."""
+    c = draft.shapes[src][0]
+    nd = len(stride)
+    if first:
+        return _centred_conv(draw, draft, src, cout, stride, main_k, groups)
+    kinds = ["conv", "conv_bn", "conv_affine"] + ["pointwise_conv", "pointwise_pool"] * (groups == 1)
+    if c == cout:
+        kinds += ["avgpool"]
+        if set(stride) == {1}:
+            kinds += ["input", "identity", "bn", "affine", "bn_affine"]
+    kind = draw(st.sampled_from(kinds))
+    if kind == "input":
+        return src
+    if kind == "identity":
+        return draft.add("identity", [src])
+    if kind in ("bn", "bn_affine"):
+        out = _bn_plain(draw, draft, src)
+        return _per_channel(draw, draft, out, True) if kind == "bn_affine" else out
+    if kind == "affine":  # not in place: the other branches read ``src``
+        return _per_channel(draw, draft, src, False)
+    if kind in ("avgpool", "pointwise_pool"):
+        if kind == "pointwise_pool":
+            src = _centred_conv(draw, draft, src, cout, (1,) * nd, (1,) * nd, 1, bias=False)
+        k = _odd_kernel(draw, tuple(min(k, n) for k, n in zip(main_k, draft.shapes[src][1:])))
+        return draft.add("avgpool", [src], k=k, stride=stride, pad=tuple(d // 2 for d in k),
+                         count_include_pad=True)
+    if kind == "pointwise_conv":  # a bias-free 1x1 composes exactly with a padded conv
+        mid = _centred_conv(draw, draft, src, draw(st.integers(1, 6)), (1,) * nd, (1,) * nd, 1, bias=False)
+        return _centred_conv(draw, draft, mid, cout, stride, _odd_kernel(draw, main_k), 1)
+    g = draw(st.sampled_from([d for d in _divisors(math.gcd(c, cout)) if d % groups == 0]))
+    out = _centred_conv(draw, draft, src, cout, stride, _odd_kernel(draw, main_k), g)
+    if kind == "conv_bn":
+        return _bn_plain(draw, draft, out)
+    if kind == "conv_affine":
+        return _per_channel(draw, draft, out, True)
+    return out
+
+
+def _bn_plain(draw, draft, src):
+    """A BatchNorm without hooks."""
+    return draft.add("bn", [src], eps=draw(st.sampled_from(EPS)),
+                     var=draw(st.sampled_from(["normal", "normal", "small", "large"])),
+                     affine=not draw(st.booleans()) or draw(st.booleans()))
+
+
+def _foldable_block(draw, draft, src, max_channels) -> int:
+    """Branches of ``src`` that fold into one conv, summed, then a non-linearity."""
+    c, *size = draft.shapes[src]
+    nd = len(size)
+    keep = draw(st.booleans())
+    cout = c if keep else draw(st.integers(1, max_channels))
+    stride = (1,) * nd if keep else _strides(draw, nd)
+    main_k = tuple(draw(st.sampled_from([3, 1, 5] if nd < 3 else [3, 1])) for _ in range(nd))
+    groups = draw(st.sampled_from(_divisors(math.gcd(c, cout))))
+    n = draw(st.integers(1, 4))
+    outs = [_foldable_branch(draw, draft, src, cout, stride, main_k, groups, i == 0) for i in range(n)]
+    # ``a.add_(b)`` is not lifted (an in-place op, kept as it is); ``a += b`` traces as ``a + b``.
+    # ONNX has no alpha: ``a + alpha * (b + c)`` is a Mul of a sum, which reparam does not
+    # distribute over the sum's branches
+    out = _sum_tree(draw, draft, outs, in_place=("augmented",), scaled_sums=False)
+    fn = draw(st.sampled_from(ACTS))
+    if draw(st.booleans()):  # in place: the sum's result is a tensor of its own
+        return draft.add("act", [out], fn=fn, functional=draw(st.booleans()) or fn in ("sigmoid", "tanh"),
+                         inplace=True)
+    return draft.add("act", [out], fn=fn, functional=draw(st.booleans()))
+
+
+@st.composite
+def foldable_chains(draw, max_channels=6, max_blocks=4):
+    """``(spec, counts)``: a chain of blocks, each a sum of branches of its input that folds
+    exactly, and at no more cost, into one conv (see :func:`_foldable_branch`), followed by a
+    non-linearity; ``counts``: the nodes of each kind a fused model has (``conv`` and ``act``,
+    one per block; nothing else)."""
+    shape = _input_shape(draw, max_channels, {1: (3, 18), 2: (3, 9), 3: (3, 5)})
+    draft = _Draft(shape)
+    blocks = draw(st.integers(1, max_blocks))
+    src = 0
+    for _ in range(blocks):
+        src = _foldable_block(draw, draft, src, max_channels)
+    return _spec(draw, draft, (src,)), {"conv": blocks, "act": blocks}
 
 
 # --- builders -----------------------------------------------------------------------------------
