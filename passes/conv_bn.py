@@ -18,9 +18,12 @@ def fold_conv_bn(graph, bn):
     :func:`reparam.kernel.compose` with no padding on the second conv, for a transposed
     conv :func:`reparam.kernel.scale_outputs`: exact for any stride, padding, dilation
     and groups. Refused when the conv's output is read by anything else (the conv would
-    have to stay, so nothing is saved).
+    have to stay, so nothing is saved). Two BatchNorms (or per-channel affines) in a row
+    become one depthwise 1x..x1 conv, which a sum of branches can merge.
     """
     conv = bn.inputs[0]
+    if conv.op == "bn":
+        return _fold_affines(graph, conv, bn)
     if conv.op not in ("conv", "conv_transpose"):
         return None
     k = conv_kernel(conv)
@@ -39,6 +42,22 @@ def fold_conv_bn(graph, bn):
     return True
 
 
+def _fold_affines(graph, first, second):
+    """``second(first(x))``, both per-channel affines, as one depthwise 1x..x1 conv of ``x``."""
+    a = bn_kernel(first)
+    if not a:
+        return a
+    b = bn_kernel(second, a.ndim)
+    if not b:
+        return b
+    if len(first.data_users) > 1:
+        return Refusal("shared", f"{first.name} output is also read by "
+                                 f"{', '.join(other_users(first, second))}")
+    graph.replace(second, new_conv(graph, first.inputs[0], kernel.compose(a, b), first,
+                                   readers=[first], type=second.type, folded=[(first, True)]))
+    return True
+
+
 @rule("add")
 def fold_sum_coefficient(graph, add):
     """A term ``c * conv(X)`` of a weighted sum (``c`` not 1 or -1: ``torch.add(a, b, alpha=c)``
@@ -51,11 +70,10 @@ def fold_sum_coefficient(graph, add):
         k = conv_kernel(term)
         if not k:
             continue
-        scaled = new_conv(graph, term.inputs[0], k.replace(weight=c * k.weight, bias=c * k.bias), term,
-                          readers=[term], type=term.type, folded=[(term, True)])
+        scaled = new_conv(graph, term.inputs[0], k.replace(weight=c * k.weight, bias=c * k.bias),
+                          term, readers=[term], type=term.type, folded=[(term, True)])
         rest = coeffs[:i] + (1.0,) + coeffs[i + 1:]
-        attrs = {**add.attrs, "coeffs": rest} if any(v != 1 for v in rest) else \
-            {key: v for key, v in add.attrs.items() if key != "coeffs"}
+        attrs = {"coeffs": rest} if any(v != 1 for v in rest) else {}
         inputs = add.inputs[:i] + [scaled] + add.inputs[i + 1:]
         graph.replace(add, graph.add("add", inputs, attrs, add.name, before=add, type=add.type))
         return True
