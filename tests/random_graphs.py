@@ -667,7 +667,8 @@ def _centred_conv(draw, draft, src, cout, stride, k, groups, bias=None):
 def _per_channel(draw, draft, src, in_place):
     """A per-channel (or scalar) affine of ``src``: a layer scale or shift (``in_place``: maybe
     written ``x *= c``, which fx traces as ``x = x * c``; ``x.mul_(c)`` is not lifted)."""
-    return _affine(draw, draft, src, codes=("c11", "1c11", "scalar"), in_place=("augmented",) if in_place else ())
+    return _affine(draw, draft, src, codes=("c11", "1c11", "scalar"),
+                   in_place=("augmented",) if in_place else ())
 
 
 def _foldable_branch(draw, draft, src, cout, stride, main_k, groups, first):
@@ -698,11 +699,13 @@ def _foldable_branch(draw, draft, src, cout, stride, main_k, groups, first):
     if kind in ("avgpool", "pointwise_pool"):
         if kind == "pointwise_pool":
             src = _centred_conv(draw, draft, src, cout, (1,) * nd, (1,) * nd, 1, bias=False)
-        k = _odd_kernel(draw, tuple(min(k, n) for k, n in zip(main_k, draft.shapes[src][1:])))
+        # no larger than the input: torch's avg_pool3d refuses that
+        k = _odd_kernel(draw, tuple(min(m, n) for m, n in zip(main_k, draft.shapes[src][1:])))
         return draft.add("avgpool", [src], k=k, stride=stride, pad=tuple(d // 2 for d in k),
                          count_include_pad=True)
     if kind == "pointwise_conv":  # a bias-free 1x1 composes exactly with a padded conv
-        mid = _centred_conv(draw, draft, src, draw(st.integers(1, 6)), (1,) * nd, (1,) * nd, 1, bias=False)
+        mid = _centred_conv(draw, draft, src, draw(st.integers(1, 6)), (1,) * nd, (1,) * nd, 1,
+                            bias=False)
         return _centred_conv(draw, draft, mid, cout, stride, _odd_kernel(draw, main_k), 1)
     g = draw(st.sampled_from([d for d in _divisors(math.gcd(c, cout)) if d % groups == 0]))
     out = _centred_conv(draw, draft, src, cout, stride, _odd_kernel(draw, main_k), g)
@@ -737,8 +740,8 @@ def _foldable_block(draw, draft, src, max_channels) -> int:
     out = _sum_tree(draw, draft, outs, in_place=("augmented",), scaled_sums=False)
     fn = draw(st.sampled_from(ACTS))
     if draw(st.booleans()):  # in place: the sum's result is a tensor of its own
-        return draft.add("act", [out], fn=fn, functional=draw(st.booleans()) or fn in ("sigmoid", "tanh"),
-                         inplace=True)
+        functional = draw(st.booleans()) or fn in ("sigmoid", "tanh")  # no in-place modules
+        return draft.add("act", [out], fn=fn, functional=functional, inplace=True)
     return draft.add("act", [out], fn=fn, functional=draw(st.booleans()))
 
 

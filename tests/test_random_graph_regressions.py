@@ -274,7 +274,7 @@ REGRESSIONS = {
 @pytest.mark.parametrize("check", CHECKS + [check_builders_agree], ids=lambda c: c.__name__[len("check_"):])
 @pytest.mark.parametrize("spec", list(REGRESSIONS.values()), ids=list(REGRESSIONS))
 def test_regression(spec, check):
-    check(spec)
+    assert check(spec) is not False  # (a float16 check that does not apply says False)
 
 
 #: chains of foldable blocks (random_graphs.foldable_chains) a fuse left unfolded, with the node
