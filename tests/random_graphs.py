@@ -526,7 +526,11 @@ def _sum_tree(draw, draft, operands, in_place=("method_", "augmented"), scaled_s
         else:
             ins = operands[i:i + 2]
             scales_sum = draft.ops[ins[1] - 1].kind in ("add", "sub", "sum") if ins[1] else False
-            n, out = 2, _binary(draw, draft, kind, ins, in_place, alpha=scaled_sums or not scales_sum)
+            # an in-place sum writes into a tensor no other operand reads (were it one, a later
+            # read would read the sum: a tree no more)
+            others = {draft.aliases.storage[j] for k, j in enumerate(operands) if k != i}
+            writable = in_place if draft.aliases.storage[ins[0]] not in others else ()
+            n, out = 2, _binary(draw, draft, kind, ins, writable, alpha=scaled_sums or not scales_sum)
         operands[i:i + n] = [out]
     return operands[0]
 
