@@ -1,11 +1,11 @@
-"""Conv (or transposed conv) followed by BatchNorm -> one conv."""
+"""Conv (or transposed conv) followed by BatchNorm -> one conv; a sum's coefficient -> its conv."""
 from __future__ import annotations
 
 from reparam import kernel
 from reparam.kernel import Refusal
 from reparam.rewrite import rule
 
-from .common import bn_kernel, conv_kernel, new_conv, other_users
+from .common import add_coeffs, bn_kernel, conv_kernel, new_conv, other_users
 
 
 @rule("bn")
@@ -20,9 +20,12 @@ def fold_conv_bn(graph, bn):
     and groups. Refused when the conv's output is read by anything else (the conv would
     have to stay, so nothing is saved), and when other nodes read the conv's weights
     too (a frontend's attr ``shared``): they stay, and the folded copy would add more
-    weight values than the BatchNorm's it saves.
+    weight values than the BatchNorm's it saves. Two BatchNorms (or per-channel affines)
+    in a row become one depthwise 1x..x1 conv, which a sum of branches can merge.
     """
     conv = bn.inputs[0]
+    if conv.op == "bn":
+        return _fold_affines(graph, conv, bn)
     if conv.op not in ("conv", "conv_transpose"):
         return None
     k = conv_kernel(conv)
@@ -44,3 +47,42 @@ def fold_conv_bn(graph, bn):
     graph.replace(bn, new_conv(graph, conv.inputs[0], folded, conv, readers=[conv],
                                type=bn.type, folded=[(conv, True)], op=conv.op))
     return True
+
+
+def _fold_affines(graph, first, second):
+    """``second(first(x))``, both per-channel affines, as one depthwise 1x..x1 conv of ``x``."""
+    a = bn_kernel(first)
+    if not a:
+        return a
+    b = bn_kernel(second, a.ndim)
+    if not b:
+        return b
+    if len(first.data_users) > 1:
+        return Refusal("shared", f"{first.name} output is also read by "
+                                 f"{', '.join(other_users(first, second))}")
+    graph.replace(second, new_conv(graph, first.inputs[0], kernel.compose(a, b), first,
+                                   readers=[first], type=second.type, folded=[(first, True)]))
+    return True
+
+
+@rule("add")
+def fold_sum_coefficient(graph, add):
+    """A term ``c * conv(X)`` of a weighted sum (``c`` not 1 or -1: ``torch.add(a, b, alpha=c)``
+    left after a merge), whose conv nothing else reads, becomes ``conv'(X)`` with ``c`` in its
+    weights and bias: exact, and the sum needs no multiply for it."""
+    coeffs = add_coeffs(add)
+    for i, (term, c) in enumerate(zip(add.inputs, coeffs)):
+        if abs(c) == 1 or term.op != "conv" or len(term.data_users) != 1 or graph.mutated(term) \
+                or term.attrs.get("shared"):  # weights others read: a scaled copy adds them
+            continue
+        k = conv_kernel(term)
+        if not k:
+            continue
+        scaled = new_conv(graph, term.inputs[0], k.replace(weight=c * k.weight, bias=c * k.bias),
+                          term, readers=[term], type=term.type, folded=[(term, True)])
+        rest = coeffs[:i] + (1.0,) + coeffs[i + 1:]
+        attrs = {"coeffs": rest} if any(v != 1 for v in rest) else {}
+        inputs = add.inputs[:i] + [scaled] + add.inputs[i + 1:]
+        graph.replace(add, graph.add("add", inputs, attrs, add.name, before=add, type=add.type))
+        return True
+    return None
