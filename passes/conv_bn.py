@@ -5,7 +5,7 @@ from reparam import kernel
 from reparam.kernel import Refusal
 from reparam.rewrite import rule
 
-from .common import add_coeffs, bn_kernel, conv_kernel, new_conv, other_users
+from .common import add_coeffs, bn_kernel, conv_kernel, is_zero_pad, new_conv, other_users
 
 
 @rule("bn")
@@ -76,7 +76,7 @@ def fold_sum_coefficient(graph, add):
                 or term.attrs.get("shared"):  # weights others read: a scaled copy adds them
             continue
         k = conv_kernel(term)
-        if not k:
+        if not k or is_zero_pad(k):  # a pad is free; scaled, it would multiply
             continue
         scaled = new_conv(graph, term.inputs[0], k.replace(weight=c * k.weight, bias=c * k.bias),
                           term, readers=[term], type=term.type, folded=[(term, True)])

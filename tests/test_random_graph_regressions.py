@@ -259,6 +259,16 @@ REGRESSIONS = {
         Op("add", (3, 4)),
         Op("add", (5, 2), dict(spelling="torch", alpha=2.0))),
     ),
+    # fx: torch.add(relu(x), pad(x), alpha=3), the pad a zero pad (free): fold_sum_coefficient
+    # scaled the identity conv the pad is lifted as, a real 1x1 conv (one multiply-add per
+    # element) where there was none. Fixed in passes/conv_bn.py: a zero pad is not scaled.
+    # (The conv gives the input its type.)
+    "fx_alpha_on_a_zero_pad": Spec(shape=(1, 1, 3, 3), outputs=(1, 4), ops=(
+        Op("conv", (0,), conv(1)),
+        Op("act", (0,), RELU),
+        Op("pad", (0,), PAD0),
+        Op("add", (2, 3), dict(spelling="torch", alpha=3))),
+    ),
     # Not bugs, but where fusing the fused model fires a rule again with the same result (the
     # fx lowering writes an asymmetric conv as pad + conv; ONNX keeps an output name with an
     # Identity): fusing twice must still equal fusing once.
