@@ -13,8 +13,8 @@ import onnx
 from onnx import TensorProto, helper
 
 from .errors import BadInputError, VerificationError
-from .frontends.onnx_check import _first_line
-from .frontends.onnx_lift import _dims
+from .frontends.onnx_check import first_line
+from .frontends.onnx_lift import value_dims
 
 #: default tolerance (relative to max|reference|) per ONNX element type of an output
 RTOL = {TensorProto.FLOAT: 1e-4, TensorProto.DOUBLE: 1e-9, TensorProto.FLOAT16: 1e-2,
@@ -25,7 +25,7 @@ RTOL = {TensorProto.FLOAT: 1e-4, TensorProto.DOUBLE: 1e-9, TensorProto.FLOAT16: 
 def input_specs(model: onnx.ModelProto) -> list[tuple[str, int, tuple]]:
     """``(name, elem_type, dims)`` of the inputs a caller must feed."""
     inits = {t.name for t in model.graph.initializer}
-    return [(i.name, i.type.tensor_type.elem_type, _dims(i) or ())
+    return [(i.name, i.type.tensor_type.elem_type, value_dims(i) or ())
             for i in model.graph.input if i.name not in inits]
 
 
@@ -43,7 +43,7 @@ def describe_inputs(model: onnx.ModelProto, only: str | None = None) -> str:
     for i in model.graph.input:
         if i.name in inits or only not in (None, i.name):
             continue
-        dims = _dims(i)
+        dims = value_dims(i)
         shape = "(shape not declared)" if dims is None else _fmt_dims(dims)
         parts.append(f"{i.name} {_dtype_name(i.type.tensor_type.elem_type)} {shape}")
     return ", ".join(parts) or "none"
@@ -200,7 +200,7 @@ def verify(reference, fused, feeds: list[dict], rtol: float | None = None,
     try:
         noisy = run_feeds(engine, perturb(ref), probes, feeds)
     except Exception as e:
-        raise BadInputError(f"{engine} cannot run the input model: {_first_line(e)}") from e
+        raise BadInputError(f"{engine} cannot run the input model: {first_line(e)}") from e
     del ref
     say("checking: the fused model")
     fused_probes = list(dict.fromkeys(names + [b.fused for b in blocks]))
@@ -209,7 +209,7 @@ def verify(reference, fused, feeds: list[dict], rtol: float | None = None,
         got = run_feeds(engine, with_outputs(model, fused_probes, copy=model is fused),
                         fused_probes, feeds)
     except Exception as e:
-        raise VerificationError(f"{engine} cannot run the fused model: {_first_line(e)}") from e
+        raise VerificationError(f"{engine} cannot run the fused model: {first_line(e)}") from e
     worst = block_worst = 0.0
     for r, p, g_ in zip(refs, noisy, got):
         bound = {}  # an output a fold computes may differ as much as its block may

@@ -18,7 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from .errors import BadInputError
 from .frontends.onnx import save
-from .frontends.onnx_check import _first_line
+from .frontends.onnx_check import first_line
 from .frontends.onnx_file import PROTOBUF_LIMIT, data_size
 
 ORT, REFERENCE = "onnxruntime", "the ONNX reference evaluator"
@@ -52,7 +52,7 @@ def load_model(model) -> onnx.ModelProto:
     try:
         return onnx.load(os.fspath(model))
     except Exception as e:
-        raise BadInputError(f"cannot read {os.fspath(model)}: {_first_line(e)}") from e
+        raise BadInputError(f"cannot read {os.fspath(model)}: {first_line(e)}") from e
 
 
 def _no_kernel(e: BaseException) -> bool:
@@ -74,7 +74,7 @@ def run_original(model: onnx.ModelProto, names, feeds) -> tuple[str, list[dict]]
         engine = REFERENCE
         return engine, run_feeds(REFERENCE, model, names, feeds)
     except Exception as e:
-        raise BadInputError(f"{engine} cannot run the input model: {_first_line(e)}") from e
+        raise BadInputError(f"{engine} cannot run the input model: {first_line(e)}") from e
 
 
 def with_outputs(model: onnx.ModelProto, names, copy: bool = True) -> onnx.ModelProto:

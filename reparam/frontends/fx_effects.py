@@ -58,7 +58,8 @@ FRESH_FUNCTIONS = frozenset({
     torch.conv1d, torch.conv2d, torch.conv3d, torch.layer_norm,
     F.relu, F.relu6, F.gelu, F.silu, F.hardswish, F.hardsigmoid, F.sigmoid, F.tanh, F.mish,
     F.leaky_relu, F.elu, F.softmax, F.linear, F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d,
-    F.conv_transpose2d, F.conv_transpose3d, F.layer_norm, F.group_norm, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.max_pool1d, F.max_pool2d,
+    F.conv_transpose2d, F.conv_transpose3d, F.layer_norm, F.group_norm, F.avg_pool1d,
+    F.avg_pool2d, F.avg_pool3d, F.max_pool1d, F.max_pool2d,
     F.max_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
     F.interpolate, operator.add, operator.sub, operator.mul, operator.truediv, operator.neg,
     operator.matmul})

@@ -19,10 +19,10 @@ from onnx import TensorProto
 
 from ..errors import BadInputError
 from . import onnx_file
-from .onnx_check import (_check_external_files, _first_line, sniff_non_onnx, sorted_copy,
+from .onnx_check import (check_external_files, first_line, sniff_non_onnx, sorted_copy,
                          topological_order, validate)
-from .onnx_file import PROTOBUF_LIMIT, _copy_fields_into, data_size
-from .onnx_lift import _SMALL, lift
+from .onnx_file import PROTOBUF_LIMIT, copy_fields_into, data_size
+from .onnx_lift import SMALL_INITIALIZER, lift
 from .onnx_lower import lower
 
 #: a file at least this large with its data inside is loaded light: its large initializers
@@ -51,18 +51,18 @@ def load(path) -> tuple[onnx.ModelProto, bool]:
     try:
         model = onnx.load(path, load_external_data=False)
     except Exception as e:  # protobuf raises DecodeError, onnx others
-        raise BadInputError(f"{path}: not an ONNX model (cannot parse: {_first_line(e)})") from e
+        raise BadInputError(f"{path}: not an ONNX model (cannot parse: {first_line(e)})") from e
     external = uses_external_data(model)
     if external:
-        _check_external_files(model, path)
+        check_external_files(model, path)
         try:
             onnx.external_data_helper.load_external_data_for_model(
                 model, os.path.dirname(os.path.abspath(path)))
         except Exception as e:
-            raise BadInputError(f"{path}: cannot read its external data: {_first_line(e)}") from e
+            raise BadInputError(f"{path}: cannot read its external data: {first_line(e)}") from e
     elif os.path.getsize(path) >= LAZY_FILE_BYTES:
         check = data_size(model) < PROTOBUF_LIMIT - (1 << 24)
-        light = onnx_file.lazy_copy(model, path, _SMALL)
+        light = onnx_file.lazy_copy(model, path, SMALL_INITIALIZER)
         if light is not None:  # the parsed model (every weight) goes; the checker reads the file
             model = light
             validate(model, path, check_file=path if check else False)
@@ -144,10 +144,10 @@ def _save_streamed(model: onnx.ModelProto, path) -> None:
     head, tail, ghead, gtail = onnx.ModelProto(), onnx.ModelProto(), onnx.GraphProto(), onnx.GraphProto()
     for fd, val in model.ListFields():
         if fd.number != 7:
-            _copy_fields_into(head if fd.number < 7 else tail, fd, val)
+            copy_fields_into(head if fd.number < 7 else tail, fd, val)
     for fd, val in model.graph.ListFields():
         if fd.number != 5:
-            _copy_fields_into(ghead if fd.number < 5 else gtail, fd, val)
+            copy_fields_into(ghead if fd.number < 5 else gtail, fd, val)
     inits = model.graph.initializer
     sizes = [onnx_file.tensor_size(t) for t in inits]
     first, last = ghead.SerializeToString(), gtail.SerializeToString()

@@ -6,8 +6,8 @@ domain the frontend does not read, a zero-size input dimension, external data
 that was not loaded, a node reading a name nothing defines, a cycle, a graph
 output nothing computes, or what the ONNX checker finds. Nodes out of
 topological order are no error (:func:`topological_order` sorts them).
-:func:`_check_external_files` names a missing external data file before any is
-read, and :func:`_check_bn_params` BatchNormalization parameters no trained
+:func:`check_external_files` names a missing external data file before any is
+read, and :func:`check_bn_params` BatchNormalization parameters no trained
 model has (lifting calls it on the parameters it reads).
 """
 from __future__ import annotations
@@ -23,12 +23,12 @@ from . import onnx_file
 from .onnx_file import PROTOBUF_LIMIT, data_size
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0].strip() if text else type(e).__name__
 
 
-def _check_external_files(model: onnx.ModelProto, path: str) -> None:
+def check_external_files(model: onnx.ModelProto, path: str) -> None:
     """Name the first external data file that is missing (before reading any of them)."""
     folder = os.path.dirname(os.path.abspath(path))
     for t in model.graph.initializer:
@@ -223,10 +223,10 @@ def validate(model: onnx.ModelProto, what: str = "model", check_file=None) -> No
         try:
             onnx.checker.check_model(model if check_file is None else os.fspath(check_file))
         except Exception as e:
-            raise BadInputError(f"{what}: invalid ONNX model: {_first_line(e)}") from e
+            raise BadInputError(f"{what}: invalid ONNX model: {first_line(e)}") from e
 
 
-def _check_bn_params(label: str, params) -> None:
+def check_bn_params(label: str, params) -> None:
     """Raise BadInputError for BatchNormalization parameters no trained model has."""
     for key, p in zip(("scale", "bias", "mean", "variance"), params):
         p = np.asarray(p).reshape(-1)

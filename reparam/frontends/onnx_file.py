@@ -119,7 +119,7 @@ def data_size(model: ModelProto) -> int:
     return size
 
 
-def _copy_fields_into(dst, fd, val) -> None:
+def copy_fields_into(dst, fd, val) -> None:
     if hasattr(val, "extend"):  # repeated field
         getattr(dst, fd.name).extend(val)
     elif fd.message_type is not None:
@@ -131,7 +131,7 @@ def _copy_fields_into(dst, fd, val) -> None:
 def copy_fields(src, dst, skip=()) -> None:
     for fd, val in src.ListFields():
         if fd.name not in skip:
-            _copy_fields_into(dst, fd, val)
+            copy_fields_into(dst, fd, val)
 
 
 def _copy_tensor_fields(src: TensorProto, dst: TensorProto, skip: str) -> None:

@@ -54,11 +54,11 @@ from ..errors import BadInputError
 from ..ir import OPAQUE, Graph, Node, TensorType
 from ..kernel import Conv, Refusal
 from . import onnx_file
-from .onnx_check import _check_bn_params, _first_line
+from .onnx_check import check_bn_params, first_line
 from .onnx_file import copy_fields
 
 #: initializers at most this many bytes keep their data in the copy used for shape inference
-_SMALL = 4096
+SMALL_INITIALIZER = 4096
 
 _NP_FLOAT = {TensorProto.FLOAT: np.float32, TensorProto.DOUBLE: np.float64,
              TensorProto.FLOAT16: np.float16}
@@ -101,7 +101,7 @@ def _light_copy(model: onnx.ModelProto) -> onnx.ModelProto:
         if o.type.HasField("tensor_type"):
             o.type.tensor_type.ClearField("shape")
     for t in model.graph.initializer:
-        if onnx_file.tensor_size(t) <= _SMALL or t.data_location == TensorProto.EXTERNAL:
+        if onnx_file.tensor_size(t) <= SMALL_INITIALIZER or t.data_location == TensorProto.EXTERNAL:
             light.graph.initializer.append(t)
             continue
         s = light.graph.initializer.add()
@@ -162,8 +162,9 @@ class _Constants:
             try:
                 value = onnx_file.read(t) if onnx_file.is_lazy(t) else numpy_helper.to_array(t)
             except Exception as e:
-                raise BadInputError(f"cannot read initializer {name!r}: {_first_line(e)}") from e
-            if value.nbytes > _SMALL:  # a weight: read again if asked again, not held all lift long
+                raise BadInputError(f"cannot read initializer {name!r}: {first_line(e)}") from e
+            if value.nbytes > SMALL_INITIALIZER:  # a weight: read again if asked again, not
+                # held all lift long
                 return value
         elif name in self.producer and depth < 64:
             value = self._evaluate(self.producer[name], name, depth)
@@ -206,7 +207,7 @@ class _Constants:
 
 # --- lifting ------------------------------------------------------------------------------
 
-def _dims(vi) -> tuple:
+def value_dims(vi) -> tuple:
     """Dims of a value info: ints, dim_param strings, or None where unknown; None if no rank."""
     t = vi.type.tensor_type
     if not t.HasField("shape"):
@@ -305,12 +306,12 @@ class _Lifter:
         for vi in list(g.input) + value_info:
             if not vi.type.HasField("tensor_type"):
                 continue
-            new = (vi.type.tensor_type.elem_type, _dims(vi))
+            new = (vi.type.tensor_type.elem_type, value_dims(vi))
             old = self.types.get(vi.name)
             if old is None or _known(new[1]) > _known(old[1]):  # keep the most informative
                 self.types[vi.name] = (new[0] or old[0], new[1]) if old else new
         for vi in g.value_info:  # what the file declares may be stale: only where inference
-            dims = _dims(vi)     # found no rank, and no more than rank and channels
+            dims = value_dims(vi)     # found no rank, and no more than rank and channels
             if vi.type.HasField("tensor_type") and dims is not None \
                     and self.dims(vi.name) is None:
                 dims = tuple(d if k == 1 else None for k, d in enumerate(dims))
@@ -328,7 +329,7 @@ class _Lifter:
         try:
             self.gs_graph = gs.import_onnx(model)
         except Exception as e:
-            raise BadInputError(f"cannot import the graph: {_first_line(e)}") from e
+            raise BadInputError(f"cannot import the graph: {first_line(e)}") from e
         finally:
             del g.value_info[n0:]
         if len(self.gs_graph.nodes) != len(g.node):
@@ -519,7 +520,7 @@ class _Lifter:
         dtype = self._float_dtype(x)
         params = [self.const(n) for n in node.input[1:5]]
         if len(params) == 4 and all(p is not None for p in params):
-            _check_bn_params(label, params)
+            check_bn_params(label, params)
         if len(node.input) < 5 or any(p is None for p in params):
             attrs["refuse"] = Refusal("stats", "BatchNormalization parameters are not constants")
         elif gnode.attrs.get("spatial", 1) == 0:
