@@ -29,14 +29,9 @@ def fold_conv_bn(graph, bn):
     if conv.op not in ("conv", "conv_transpose"):
         return None
     k = conv_kernel(conv)
-    if not k:
-        return k
-    scale = bn_kernel(bn, k.ndim)
+    scale = _second_affine(conv, k, bn) if k else k
     if not scale:
         return scale
-    if len(conv.data_users) > 1:
-        return Refusal("shared", f"conv {conv.name} output is also read by "
-                                 f"{', '.join(other_users(conv, bn))}")
     shared = conv.attrs.get("shared", 0)  # weight values other nodes read: they stay
     if shared > 2 * k.out_channels:         # beside the folded conv's, which saves only BN's
         return Refusal("cost", f"conv {conv.name} shares {shared} weight values with other "
@@ -52,17 +47,22 @@ def fold_conv_bn(graph, bn):
 def _fold_affines(graph, first, second):
     """``second(first(x))``, both per-channel affines, as one depthwise 1x..x1 conv of ``x``."""
     a = bn_kernel(first)
-    if not a:
-        return a
-    b = bn_kernel(second, a.ndim)
+    b = _second_affine(first, a, second) if a else a
     if not b:
         return b
-    if len(first.data_users) > 1:
-        return Refusal("shared", f"{first.name} output is also read by "
-                                 f"{', '.join(other_users(first, second))}")
     graph.replace(second, new_conv(graph, first.inputs[0], kernel.compose(a, b), first,
                                    readers=[first], type=second.type, folded=[(first, True)]))
     return True
+
+
+def _second_affine(first, k, second):
+    """``second``'s per-channel affine (of ``k``'s rank), or why ``first`` (kernel ``k``) and
+    ``second`` do not fold: not an affine, or ``first``'s output is read elsewhere too."""
+    scale = bn_kernel(second, k.ndim)
+    if scale and len(first.data_users) > 1:
+        return Refusal("shared", f"{first.op} {first.name} output is also read by "
+                                 f"{', '.join(other_users(first, second))}")
+    return scale
 
 
 @rule("add")
