@@ -213,16 +213,14 @@ def fuse_copy(model: nn.Module, rules, example_inputs=None, rtol: float | None =
     if problem:
         raise ReparamError(problem)
     notes = []
-    memo: dict = {}
     try:
         reference = copy_model(model) if example_inputs is not None else None
-        work = copy_model(model, memo)
+        work, leaves = copied(model, leaf_modules)
     except Exception as e:
         raise ReparamError(f"cannot copy the model (reparam.fuse never changes the model it is "
                            f"given, so it works on a copy): {_first_line(e)}; fuse needs a "
                            "model that copy.deepcopy can copy (no open files, locks or other "
                            "objects that refuse to be copied in its attributes)") from e
-    leaves = [memo.get(id(m), m) for m in leaf_modules]  # the copies of leaf instances
     if model.training:
         msg = ("model is in training mode: folding uses BatchNorm running statistics "
                "(inference semantics); the fused model is returned in eval mode")
@@ -243,11 +241,10 @@ def fuse_copy(model: nn.Module, rules, example_inputs=None, rtol: float | None =
         traced = trace(work, leaves, concrete_args)
     except Exception as e:  # the tracer raises many kinds; fall back to the parts
         calls = capture_inputs(work, as_args(example_inputs)) if runs is not None else {}
-        memo = {}  # the trace (and the capture) ran the forward on the copy, which may have
-        work = copy_model(model, memo)  # kept some of it (a list it appends to): copy anew
+        # the trace (and the capture) ran the forward on the copy, which may have kept some
+        work, leaves = copied(model, leaf_modules)  # of it (a list it appends to): copy anew
         if model.training:
             work.eval()
-        leaves = [memo.get(id(m), m) for m in leaf_modules]
         fused, report = fuse_parts(work, rules, leaves, calls)
         if not report.before:
             raise TraceError(f"torch.fx could not trace {type(model).__name__} nor any of "
@@ -262,6 +259,14 @@ def fuse_copy(model: nn.Module, rules, example_inputs=None, rtol: float | None =
     if reference is not None:
         verify(reference, fused, example_inputs, rtol)
     return fused, report
+
+
+def copied(model: nn.Module, leaf_modules=()) -> tuple:
+    """A copy of ``model`` (:func:`copy_model`) and, for ``leaf_modules``, their copies in it
+    (instances; classes and modules from elsewhere as they are)."""
+    memo: dict = {}
+    work = copy_model(model, memo)
+    return work, [memo.get(id(m), m) for m in leaf_modules]
 
 
 def unfusable(model: nn.Module) -> str | None:
@@ -323,9 +328,8 @@ def fuse_parts(model: nn.Module, rules, leaf_modules=(), calls=None):
                 visit(child, path + ".")
                 continue
             try:
-                memo = {}  # traced on a copy: a failed trace may leave state behind
-                traced = trace(copy_model(child, memo), [memo.get(id(m), m) for m in leaf_modules],
-                               constant_defaults(child))
+                # traced on a copy: a failed trace may leave state behind
+                traced = trace(*copied(child, leaf_modules), constant_defaults(child))
             except Exception as e:
                 report.notes.append(f"skipped {path} ({type(child).__name__}): {_first_line(e)}")
                 visit(child, path + ".")
