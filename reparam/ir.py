@@ -120,7 +120,9 @@ class Node:
         self.order = 0.0  # increases along the list (see Graph.add)
         self.prev: Node | None = None
         self.next: Node | None = None
-        self.alias: Node = self  # union-find parent of the alias class
+        # union-find parent of the alias class; None for a class's root (not ``self``: a
+        # self-reference would keep a removed node, and its weights, until a garbage collection)
+        self.alias: Node | None = None
 
     @property
     def data_users(self) -> list["Node"]:
@@ -195,10 +197,12 @@ class Graph:
 
     # --- aliasing and side effects ----------------------------------------------------
     def alias_root(self, node: Node) -> Node:
-        while node.alias is not node:
-            node.alias = node.alias.alias
-            node = node.alias
-        return node
+        root = node
+        while root.alias is not None:
+            root = root.alias
+        while node.alias is not None and node.alias is not root:  # path compression
+            node.alias, node = root, node.alias
+        return root
 
     def unite(self, a: Node, b: Node) -> None:
         """``a`` and ``b`` may share memory: one alias class (with both classes' mutations)."""
@@ -266,6 +270,7 @@ class Graph:
         node.alive = False
         node.prev.next = node.next
         node.next.prev = node.prev
+        node.prev = node.next = None  # a removed node kept for its name holds no neighbour
         self._count -= 1
         for i in node.inputs:
             i.users.remove(node)

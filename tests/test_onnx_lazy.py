@@ -12,6 +12,7 @@ import pytest
 
 import reparam
 from reparam.api import default_rules
+from reparam.errors import BadInputError
 from reparam import cli
 from reparam.frontends import onnx as O
 from reparam.frontends import onnx_file
@@ -22,16 +23,51 @@ def small_model_is_large(monkeypatch):
     monkeypatch.setattr(O, "LAZY_FILE_BYTES", 0)
 
 
-def test_raw_data_spans_point_at_the_bytes(exported):
+def test_light_load_is_onnx_load_without_the_weights(exported):
     path = exported("torchscript", 0.5)
-    model = onnx.load(path)
-    spans = onnx_file.raw_data_spans(path)
+    full = onnx.load(path)
+    light = onnx_file.light_load(path, 1024)
     data = open(path, "rb").read()
-    raw = [t for t in model.graph.initializer if t.raw_data]
-    assert raw and set(spans) == {t.name for t in raw}
-    for t in raw:
-        offset, length = spans[t.name]
-        assert data[offset:offset + length] == t.raw_data
+    lazy = [t for t in light.graph.initializer if onnx_file.is_lazy(t)]
+    assert lazy and len(light.graph.initializer) == len(full.graph.initializer)
+    for t, u in zip(light.graph.initializer, full.graph.initializer, strict=True):
+        if onnx_file.is_lazy(t):  # where its bytes lie, and nothing else differs
+            info = {e.key: e.value for e in t.external_data}
+            offset, length = int(info["offset"]), int(info["length"])
+            assert len(u.raw_data) > 1024 and data[offset:offset + length] == u.raw_data
+            copy = onnx.TensorProto()
+            onnx_file.materialize(t, copy)
+            assert copy.SerializeToString() == u.SerializeToString()
+        else:
+            assert t.SerializeToString() == u.SerializeToString()
+    for m in (light, full):
+        m.graph.ClearField("initializer")
+    assert light.SerializeToString() == full.SerializeToString()
+
+
+def test_light_load_leaves_external_data_and_small_models_to_onnx_load(exported, tmp_path):
+    path = exported("torchscript", 0.5)
+    assert onnx_file.light_load(path, 1 << 30) is None  # no initializer that large
+    onnx.save(onnx.load(path), tmp_path / "ext.onnx", save_as_external_data=True,
+              size_threshold=0)
+    assert onnx_file.light_load(tmp_path / "ext.onnx", 0) is None
+
+
+def test_light_model_out_of_order_is_checked(exported, small_model_is_large, tmp_path):
+    """The checker runs on the light model, sorted (it refuses absolute file paths and
+    unsorted nodes)."""
+    model = onnx.load(exported("torchscript", 0.5))
+    nodes = list(model.graph.node)
+    model.graph.ClearField("node")
+    model.graph.node.extend(nodes[::-1])
+    onnx.save(model, tmp_path / "unsorted.onnx")
+    light, _ = O.load(tmp_path / "unsorted.onnx")
+    assert any(onnx_file.is_lazy(t) for t in light.graph.initializer)
+    bad = onnx.ModelProto()
+    bad.CopyFrom(light)
+    bad.graph.node[0].op_type = "NoSuchOp"
+    with pytest.raises(BadInputError, match="invalid ONNX model"):
+        O.validate(bad)
 
 
 def test_light_model_fuses_like_the_full_one(exported, small_model_is_large):
@@ -77,3 +113,27 @@ def test_streamed_save_is_onnx_save(exported, tmp_path):
     O._save_streamed(model, tmp_path / "a.onnx")
     onnx.save(model, tmp_path / "b.onnx")
     assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+
+
+def test_folded_weights_are_freed_during_the_rewrite(exported):
+    """A lifted kernel a fold replaces is freed as soon as the fold is done, without a garbage
+    collection (a removed node the IR keeps for its name held its old neighbours, and with
+    them every replaced weight: on RepVGG-B3, 0.9 GB more at the end of the rewrite)."""
+    import gc
+    import weakref
+
+    from reparam.frontends.onnx_lift import lift
+    from reparam.rewrite import run
+
+    lifted = lift(onnx.load(exported("torchscript", 0.5)))
+    kernels = {n.name: weakref.ref(n.attrs["kernel"]) for n in lifted.graph.nodes
+               if n.op == "conv"}
+    gc.disable()
+    try:
+        report = run(lifted.graph, default_rules())
+        assert report.fired
+        alive = {n.attrs.get("kernel") for n in lifted.graph.nodes}
+        held = [name for name, ref in kernels.items() if ref() is not None and ref() not in alive]
+    finally:
+        gc.enable()
+    assert len(kernels) > 40 and not held, held

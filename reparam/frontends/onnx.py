@@ -48,6 +48,15 @@ def load(path) -> tuple[onnx.ModelProto, bool]:
     kind = sniff_non_onnx(path)
     if kind:
         raise BadInputError(f"{path}: {kind}")
+    light = None
+    if os.path.getsize(path) >= LAZY_FILE_BYTES:
+        try:
+            light = onnx_file.light_load(path, SMALL_INITIALIZER)
+        except Exception:  # not protobuf as expected: onnx.load below names what is wrong
+            light = None
+    if light is not None:
+        validate(light, path)
+        return light, False
     try:
         model = onnx.load(path, load_external_data=False)
     except Exception as e:  # protobuf raises DecodeError, onnx others
@@ -60,14 +69,6 @@ def load(path) -> tuple[onnx.ModelProto, bool]:
                 model, os.path.dirname(os.path.abspath(path)))
         except Exception as e:
             raise BadInputError(f"{path}: cannot read its external data: {first_line(e)}") from e
-    elif os.path.getsize(path) >= LAZY_FILE_BYTES:
-        check = data_size(model) < PROTOBUF_LIMIT - (1 << 24)
-        light = onnx_file.lazy_copy(model, path, SMALL_INITIALIZER)
-        if light is not None:  # the parsed model (every weight) goes; the checker reads the file
-            model = light
-            validate(model, path, check_file=path if check else False)
-            onnx_file.release_freed_memory()  # the parsed model, and the checker's copy
-            return model, external
     validate(model, path)
     return model, external
 

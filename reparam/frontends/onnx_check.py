@@ -171,13 +171,9 @@ def sorted_copy(model: onnx.ModelProto, order: list[int]) -> onnx.ModelProto:
     return out
 
 
-def validate(model: onnx.ModelProto, what: str = "model", check_file=None) -> None:
-    """Raise BadInputError unless ``model`` is a well-formed ONNX model.
-
-    ``check_file``: run the ONNX checker on this file (the model's own, for a light
-    model from :func:`~reparam.frontends.onnx.load`) instead of on ``model``;
-    ``False``: do not run it.
-    """
+def validate(model: onnx.ModelProto, what: str = "model") -> None:
+    """Raise BadInputError unless ``model`` (also a light one, from
+    :func:`~reparam.frontends.onnx.load`) is a well-formed ONNX model."""
     if not isinstance(model, onnx.ModelProto):
         raise BadInputError(f"{what}: expected an onnx.ModelProto, got {type(model).__name__}")
     g = model.graph
@@ -215,13 +211,13 @@ def validate(model: onnx.ModelProto, what: str = "model", check_file=None) -> No
     for out in g.output:
         if out.name not in defined:
             raise BadInputError(f"{what}: graph output {out.name!r} is not computed by the graph")
-    if check_file is False:
-        return
     if order is not None:  # the checker wants sorted nodes: it checks them as they will be
-        model, check_file = sorted_copy(model, order), None
-    if check_file is not None or data_size(model) < PROTOBUF_LIMIT - (1 << 24):
+        model = sorted_copy(model, order)
+    if any(onnx_file.is_lazy(t) for t in g.initializer):
+        model = onnx_file.checkable(model)
+    if data_size(model) < PROTOBUF_LIMIT - (1 << 24):
         try:
-            onnx.checker.check_model(model if check_file is None else os.fspath(check_file))
+            onnx.checker.check_model(model)
         except Exception as e:
             raise BadInputError(f"{what}: invalid ONNX model: {first_line(e)}") from e
 

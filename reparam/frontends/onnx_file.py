@@ -3,17 +3,18 @@
 A model of a few hundred megabytes loaded with ``onnx.load`` keeps every weight
 in one protobuf arena that is freed only with the whole model; folding it also
 needs float64 copies of those weights and the fused model's own. To stay within
-a small multiple of the file size, :func:`reparam.frontends.onnx.load` replaces
-such a model (one whose data is embedded in the file) by a *light* copy: every
-large floating-point initializer keeps its name, type and dims, and instead of
-its bytes records where they lie in the file (``data_location = EXTERNAL`` with
-``location``, ``offset``, ``length`` and a ``__reparam_lazy__`` marker).
+a small multiple of the file size, :func:`reparam.frontends.onnx.load` reads
+such a model (one whose data is embedded in the file) *light* with
+:func:`light_load`: every large floating-point initializer keeps its name, type
+and dims, and instead of its bytes records where they lie in the file
+(``data_location = EXTERNAL`` with ``location``, ``offset``, ``length`` and a
+``__reparam_lazy__`` marker). The file is scanned in the protobuf wire format
+(:func:`_spans`), and only the bytes of everything else are parsed.
 
 Such a light model is internal to reparam: constants are read with
-:func:`read`, and lowering writes the initializers it keeps back in full with
-:func:`materialize` (byte for byte the original TensorProto), so a fused model
-never refers to the input file. The offsets come from a scan of the protobuf
-wire format (:func:`raw_data_spans`) that reads only field headers.
+:func:`read`, the ONNX checker sees :func:`checkable`'s copy of it, and lowering
+writes the initializers it keeps back in full with :func:`materialize` (byte for
+byte the original TensorProto), so a fused model never refers to the input file.
 
 Also here: the size facts that decide how a model is checked and written
 (:data:`PROTOBUF_LIMIT`, :func:`data_size`), the protobuf field copies light
@@ -26,7 +27,7 @@ import mmap
 import os
 
 import numpy as np
-from onnx import ModelProto, TensorProto
+from onnx import ModelProto, TensorProto, helper
 
 #: protobuf cannot serialize a message of 2 GiB or more
 PROTOBUF_LIMIT = 2**31 - 1
@@ -52,12 +53,15 @@ def _varint(buf, pos: int) -> tuple[int, int]:
         shift += 7
 
 
-def _fields(buf, start: int, end: int):
-    """``(field number, start, end)`` of the length-delimited fields of one message."""
+def _spans(buf, start: int, end: int):
+    """``(field number, wire type, field start, value start, field end)`` of the fields of
+    one message (the value of a length-delimited field lies in ``value start:field end``)."""
     pos = start
     while pos < end:
+        at = pos
         key, pos = _varint(buf, pos)
         wire = key & 7
+        value = pos
         if wire == 0:
             _, pos = _varint(buf, pos)
         elif wire == 1:
@@ -65,34 +69,84 @@ def _fields(buf, start: int, end: int):
         elif wire == 5:
             pos += 4
         elif wire == 2:
-            n, pos = _varint(buf, pos)
-            yield key >> 3, pos, pos + n
-            pos += n
+            n, value = _varint(buf, pos)
+            pos = value + n
         else:  # groups: not written by any ONNX tool
             raise ValueError(f"unsupported protobuf wire type {wire}")
+        yield key >> 3, wire, at, value, pos
     if pos != end:
         raise ValueError("truncated protobuf message")
 
 
-def raw_data_spans(path) -> dict[str, tuple[int, int]]:
-    """``{initializer name: (offset, length)}`` of the ``raw_data`` bytes in an ONNX file."""
-    spans = {}
+def light_load(path, min_bytes: int) -> ModelProto | None:
+    """The model in the ONNX file ``path``, its floating-point initializers of more than
+    ``min_bytes`` bytes light (see the module docstring): ``onnx.load`` without reading
+    their bytes. None when no initializer qualifies or the file is not laid out as
+    ONNX writers lay it out (one graph field), or it has external data; then load it whole.
+    Raises ValueError (or protobuf's DecodeError) on a file that is not protobuf."""
+    path = os.path.abspath(path)
+    model, graph, inits = bytearray(), bytearray(), []
+    lazy = graphs = 0
+    external = False
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-        for field, start, end in _fields(mm, 0, len(mm)):
-            if field != 7:  # ModelProto.graph
+        for field, wire, at, value, end in _spans(mm, 0, len(mm)):
+            if field != 7 or wire != 2:  # ModelProto.graph
+                model += mm[at:end]
                 continue
-            for gfield, gstart, gend in _fields(mm, start, end):
-                if gfield != 5:  # GraphProto.initializer
+            graphs += 1
+            for gfield, gwire, gat, gvalue, gend in _spans(mm, value, end):
+                if gfield != 5 or gwire != 2:  # GraphProto.initializer
+                    graph += mm[gat:gend]
                     continue
-                name, raw = None, None
-                for tfield, tstart, tend in _fields(mm, gstart, gend):
-                    if tfield == 8:  # TensorProto.name
-                        name = bytes(mm[tstart:tend]).decode("utf-8")
-                    elif tfield == 9:  # TensorProto.raw_data
-                        raw = (tstart, tend - tstart)
-                if name is not None and raw is not None:
-                    spans[name] = raw
-    return spans
+                t = _light_tensor(mm, gvalue, gend, path, min_bytes)
+                lazy += is_lazy(t)
+                external |= t.data_location == TensorProto.EXTERNAL and not is_lazy(t)
+                inits.append(t)
+    if not lazy or graphs != 1 or external:
+        return None
+    light = ModelProto.FromString(bytes(model))
+    light.graph.MergeFromString(bytes(graph))
+    light.graph.initializer.extend(inits)
+    return light
+
+
+def _light_tensor(mm, start: int, end: int, path: str, min_bytes: int) -> TensorProto:
+    """The TensorProto in ``mm[start:end]``, light when its raw data qualifies."""
+    rest, raw = bytearray(), None
+    for field, wire, at, value, stop in _spans(mm, start, end):
+        if field == 9 and wire == 2:  # TensorProto.raw_data
+            raw = (value, stop - value)
+        else:
+            rest += mm[at:stop]
+    t = TensorProto.FromString(bytes(rest))
+    dtype = _DTYPES.get(t.data_type)
+    if (raw is None or dtype is None or raw[1] <= min_bytes or t.external_data
+            or int(np.prod(t.dims, dtype=np.int64)) * dtype.itemsize != raw[1]):
+        return TensorProto.FromString(mm[start:end])
+    marker = str(t.data_location) if t.HasField("data_location") else ""
+    for key, v in (("location", path), ("offset", str(raw[0])), ("length", str(raw[1])),
+                   (MARKER, marker)):
+        e = t.external_data.add()
+        e.key, e.value = key, v
+    t.data_location = TensorProto.EXTERNAL
+    return t
+
+
+def checkable(model: ModelProto) -> ModelProto:
+    """A copy of a light ``model`` for the ONNX checker, in which its lazy initializers are
+    graph inputs of their type and shape (the checker would open their file by a path
+    relative to the current folder and read all of it; their lengths were checked
+    against their dims when the model was loaded)."""
+    out = ModelProto()
+    copy_fields(model, out, skip=("graph",))
+    copy_fields(model.graph, out.graph, skip=("initializer",))
+    inputs = {i.name for i in out.graph.input}
+    for t in model.graph.initializer:
+        if not is_lazy(t):
+            out.graph.initializer.append(t)
+        elif t.name not in inputs:
+            out.graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, t.dims))
+    return out
 
 
 def tensor_size(t: TensorProto) -> int:
@@ -151,36 +205,6 @@ def _copy_tensor_fields(src: TensorProto, dst: TensorProto, skip: str) -> None:
                 setattr(dst, fd.name, getattr(src, fd.name))
 
 
-def lazy_copy(model, path, min_bytes: int):
-    """A light copy of ``model`` (read from ``path``) whose floating-point initializers of more
-    than ``min_bytes`` bytes are read from ``path`` when needed; ``None`` when none qualifies."""
-    try:
-        spans = raw_data_spans(path)
-    except (ValueError, IndexError, OSError):
-        return None
-    path = os.path.abspath(path)
-    light = ModelProto()
-    copy_fields(model, light, skip=("graph",))
-    copy_fields(model.graph, light.graph, skip=("initializer",))
-    lazy = 0
-    for t in model.graph.initializer:
-        span = spans.get(t.name)
-        dtype = _DTYPES.get(t.data_type)
-        if (span is None or dtype is None or span[1] <= min_bytes or t.external_data
-                or int(np.prod(t.dims, dtype=np.int64)) * dtype.itemsize != span[1]):
-            light.graph.initializer.append(t)
-            continue
-        s = light.graph.initializer.add()
-        _copy_tensor_fields(t, s, skip="raw_data")
-        for key, value in (("location", path), ("offset", str(span[0])), ("length", str(span[1])),
-                           (MARKER, str(t.data_location) if t.HasField("data_location") else "")):
-            e = s.external_data.add()
-            e.key, e.value = key, value
-        s.data_location = TensorProto.EXTERNAL
-        lazy += 1
-    return light if lazy else None
-
-
 def map_large_allocations(threshold: int = 1 << 20) -> None:
     """Have glibc's malloc give each allocation of ``threshold`` bytes or more its own
     mapping, handed back to the system when freed. By default the threshold rises to
@@ -218,10 +242,17 @@ def _where(t: TensorProto):
 
 
 def read(t: TensorProto) -> np.ndarray:
-    """The value of a lazy initializer, read from its file (as ``numpy_helper.to_array``)."""
+    """The value of a lazy initializer, as ``numpy_helper.to_array`` reads it, but read-only:
+    a view of the file's pages (mapped, not copied; unmapped with the last view)."""
     path, offset, length, _ = _where(t)
     dtype = _DTYPES[t.data_type]
-    a = np.fromfile(path, dtype=dtype, count=length // dtype.itemsize, offset=offset)
+    start = offset - offset % mmap.ALLOCATIONGRANULARITY  # a mapping starts at a page
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size < offset + length:
+            raise OSError(f"{path} is shorter than it was when it was read")
+        mm = mmap.mmap(f.fileno(), offset + length - start, access=mmap.ACCESS_READ,
+                       offset=start)
+    a = np.frombuffer(mm, dtype=dtype, count=length // dtype.itemsize, offset=offset - start)
     return a.astype(dtype.newbyteorder("="), copy=False).reshape(tuple(t.dims))
 
 

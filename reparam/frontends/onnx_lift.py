@@ -251,7 +251,7 @@ def _outer_names(graph_proto) -> set[str]:
     return used
 
 
-def _implicit_inputs(node) -> list[str]:
+def implicit_inputs(node) -> list[str]:
     names = set()
     for a in node.attribute:
         for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
@@ -692,7 +692,7 @@ class _Lifter:
             for n in reversed(self.model.graph.node):  # an Identity's reads are its readers'
                 if n.op_type in ("Shape", "Size"):  # metadata only (as torch.export computes
                     continue                         # a zero bias from a weight's shape)
-                for i in list(n.input) + _implicit_inputs(n):
+                for i in list(n.input) + implicit_inputs(n):
                     reads[i] = reads.get(i, 0) + (reads.get(n.output[0], 0)
                                                   if n.op_type == "Identity" else 1)
             self._leaf_reads = reads
@@ -729,7 +729,7 @@ class _Lifter:
             if lifted is None:
                 op = OPAQUE
                 slots = tuple(s for s, n in enumerate(node.input) if n in value_of)
-                slots += tuple(n for n in _implicit_inputs(node) if n in value_of)
+                slots += tuple(n for n in implicit_inputs(node) if n in value_of)
                 attrs = {"label": node.op_type if node.domain in ("", "ai.onnx")
                          else f"{node.domain}::{node.op_type}"}
             else:

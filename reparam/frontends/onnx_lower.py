@@ -16,7 +16,7 @@ for the check.
 """
 from __future__ import annotations
 
-import hashlib
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,8 +27,8 @@ from ..ir import Node
 from ..kernel import Conv
 from . import onnx_file
 from .onnx_file import copy_fields
-from .onnx_lift import (_NP_FLOAT, Lifted, NodeOrigin, OutputsOrigin, TensorOrigin,
-                        _implicit_inputs, infer_value_info)
+from .onnx_lift import (Lifted, NodeOrigin, OutputsOrigin, TensorOrigin, implicit_inputs,
+                        infer_value_info)
 
 
 
@@ -54,7 +54,7 @@ def _live(nodes, outputs) -> list[bool]:
         if any(o in needed for o in n.output if o):
             live[k] = True
             needed.update(i for i in n.input if i)
-            needed.update(_implicit_inputs(n))
+            needed.update(implicit_inputs(n))
     return live
 
 
@@ -62,7 +62,7 @@ def _used_names(nodes, outputs) -> set[str]:
     used = set(outputs)
     for n in nodes:
         used.update(n.input)
-        used.update(_implicit_inputs(n))
+        used.update(implicit_inputs(n))
     return used
 
 
@@ -170,7 +170,7 @@ def _bypass_noops(nodes, outputs) -> list:
     read by no subgraph: their readers read the no-op's input instead."""
     protected = set(outputs)
     for p in nodes:
-        protected.update(_implicit_inputs(p))
+        protected.update(implicit_inputs(p))
     alias: dict[str, str] = {}
     kept = []
     for p in nodes:
@@ -182,14 +182,16 @@ def _bypass_noops(nodes, outputs) -> list:
     return kept
 
 
-def _add_initializer(graph, name: str, array: np.ndarray) -> None:
+def _add_initializer(graph, name: str, array: np.ndarray) -> onnx.TensorProto:
     """``numpy_helper.from_array(array, name)`` built in ``graph`` itself (a TensorProto
-    appended to a graph is copied: a large weight would be in memory twice)."""
+    appended to a graph is copied: a large weight would be in memory twice); ``array``
+    little-endian and contiguous."""
     t = graph.initializer.add()
     t.name = name
     t.dims.extend(array.shape)
     t.data_type = helper.np_dtype_to_tensor_dtype(array.dtype)
-    t.raw_data = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+    t.raw_data = array.tobytes()
+    return t
 
 
 def lower(lifted: Lifted, release: bool = False, blocks: list | None = None) -> onnx.ModelProto:
@@ -346,7 +348,9 @@ def lower(lifted: Lifted, release: bool = False, blocks: list | None = None) -> 
                 onnx_file.materialize(t, out.graph.initializer.add())
             else:
                 out.graph.initializer.append(t)
-    made: dict[tuple, str] = {}  # (dtype, shape, digest) -> name: equal new tensors are one
+    # equal new tensors are written once: (dtype, shape, crc32) -> the tensors written with
+    # it (a checksum match is confirmed byte for byte)
+    made: dict[tuple, list[onnx.TensorProto]] = {}
     same: dict[str, str] = {}
     for k, (name, src, dt) in enumerate(inits):
         inits[k] = None
@@ -354,13 +358,13 @@ def lower(lifted: Lifted, release: bool = False, blocks: list | None = None) -> 
         if isinstance(src, tuple) and len(src) > 2:
             array = array.reshape(src[2])
         if name in used_after:
-            array = np.ascontiguousarray(array.astype(dt))
-            key = (array.dtype.str, array.shape, hashlib.blake2b(array.data).digest())
-            if key in made:
-                same[name] = made[key]
+            array = np.asarray(array, dtype=np.dtype(dt).newbyteorder("<"), order="C")
+            written = made.setdefault((array.dtype.str, array.shape, zlib.crc32(array.data)), [])
+            twin = next((t for t in written if t.raw_data == array.tobytes()), None)
+            if twin is not None:
+                same[name] = twin.name
             else:
-                made[key] = name
-                _add_initializer(out.graph, name, array)
+                written.append(_add_initializer(out.graph, name, array))
         del array
         if release and isinstance(src, tuple) and src[1] == "bias":  # its weight is written too
             src[0].attrs.pop("kernel")
