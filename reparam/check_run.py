@@ -17,16 +17,20 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .errors import BadInputError
-from .frontends.onnx import save
+from .frontends import onnx_file
+from .frontends.onnx import load, save
 from .frontends.onnx_check import first_line
 from .frontends.onnx_file import PROTOBUF_LIMIT, data_size
 
 ORT, REFERENCE = "onnxruntime", "the ONNX reference evaluator"
+#: the key :func:`perturb` adds to a lazy initializer's external data: nudge it when read
+NUDGE = "__reparam_nudge__"
 
 
 def session(model, threads: int = 0):
-    """An onnxruntime CPU session for ``model``: an ``onnx.ModelProto`` (through a temporary
-    file when it is large) or the path of an ONNX file (read by onnxruntime itself)."""
+    """An onnxruntime CPU session for ``model``: an ``onnx.ModelProto`` (a light one, or a
+    large one, through files in a temporary folder) or the path of an ONNX file (read by
+    onnxruntime itself)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -36,23 +40,75 @@ def session(model, threads: int = 0):
         opts.inter_op_num_threads = 1
     if isinstance(model, (str, os.PathLike)):
         return ort.InferenceSession(os.fspath(model), opts, providers=["CPUExecutionProvider"])
-    if data_size(model) < PROTOBUF_LIMIT - (1 << 24):
+    light = any(onnx_file.is_lazy(t) for t in model.graph.initializer)
+    if not light and data_size(model) < PROTOBUF_LIMIT - (1 << 24):
         return ort.InferenceSession(model.SerializeToString(), opts,
                                     providers=["CPUExecutionProvider"])
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "model.onnx")
-        save(model, path, external=True)
+        if light:
+            _write_light(model, path)
+        else:
+            save(model, path, external=True)
         return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
 
 
-def load_model(model) -> onnx.ModelProto:
-    """``model`` itself, or the model (with its external data) at a path."""
-    if isinstance(model, onnx.ModelProto):
+def _write_light(model: onnx.ModelProto, path: str) -> None:
+    """Write the light ``model`` as an ONNX file at ``path`` whose lazy initializers' values
+    (nudged where :func:`perturb` marked them) are in one external data file beside it,
+    one tensor at a time: the model's weights are never all in memory."""
+    out = onnx.ModelProto()
+    onnx_file.copy_fields(model, out, skip=("graph",))
+    onnx_file.copy_fields(model.graph, out.graph, skip=("initializer",))
+    data = os.path.basename(path) + ".data"
+    with open(os.path.join(os.path.dirname(path), data), "wb") as f:
+        for t in model.graph.initializer:
+            if not onnx_file.is_lazy(t):
+                out.graph.initializer.append(t)
+                continue
+            value = _lazy_value(t)
+            f.seek(-f.tell() % 4096, os.SEEK_CUR)  # (aligned: onnxruntime may map it)
+            offset = f.tell()
+            f.write(np.ascontiguousarray(value, value.dtype.newbyteorder("<")).data)
+            n = out.graph.initializer.add()
+            n.name, n.data_type = t.name, t.data_type
+            n.dims.extend(t.dims)
+            n.data_location = TensorProto.EXTERNAL
+            for key, v in (("location", data), ("offset", str(offset)),
+                           ("length", str(f.tell() - offset))):
+                e = n.external_data.add()
+                e.key, e.value = key, v
+            del value
+    onnx.save(out, path)
+
+
+def _lazy_value(t: TensorProto) -> np.ndarray:
+    """The value of a lazy initializer, nudged if :func:`perturb` marked it."""
+    value = onnx_file.read(t)
+    seed = next((e.value for e in t.external_data if e.key == NUDGE), None)
+    return value if seed is None else _nudged(value, np.random.default_rng(int(seed)))
+
+
+def materialized(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` itself, or for a light one a copy holding all its values (for the
+    reference evaluator, which reads only embedded tensors)."""
+    if not any(onnx_file.is_lazy(t) for t in model.graph.initializer):
         return model
-    try:
-        return onnx.load(os.fspath(model))
-    except Exception as e:
-        raise BadInputError(f"cannot read {os.fspath(model)}: {first_line(e)}") from e
+    out = onnx.ModelProto()
+    onnx_file.copy_fields(model, out, skip=("graph",))
+    onnx_file.copy_fields(model.graph, out.graph, skip=("initializer",))
+    for t in model.graph.initializer:
+        if onnx_file.is_lazy(t):
+            out.graph.initializer.append(numpy_helper.from_array(_lazy_value(t), t.name))
+        else:
+            out.graph.initializer.append(t)
+    return out
+
+
+def load_model(model) -> onnx.ModelProto:
+    """``model`` itself, or the model at a path: light if it is large (see
+    :func:`reparam.frontends.onnx.load`), with its external data if it has some."""
+    return model if isinstance(model, onnx.ModelProto) else load(model)[0]
 
 
 def _no_kernel(e: BaseException) -> bool:
@@ -97,7 +153,7 @@ def run_feeds(engine: str, model: onnx.ModelProto, names, feeds) -> list[dict]:
         return [dict(zip(names, s.run(list(names), feed))) for feed in feeds]
     from onnx.reference import ReferenceEvaluator
 
-    ev = ReferenceEvaluator(model)
+    ev = ReferenceEvaluator(materialized(model))
     return [dict(zip(names, ev.run(list(names), feed))) for feed in feeds]
 
 
@@ -110,14 +166,20 @@ def _nudged(array: np.ndarray, rng) -> np.ndarray:
 
 def perturb(model: onnx.ModelProto, seed: int = 0) -> onnx.ModelProto:
     """``model`` itself, its floating-point initializers and Constant tensors each moved by
-    about one ulp: how far its values move measures its own rounding noise."""
+    about one ulp: how far its values move measures its own rounding noise. A light
+    model's lazy initializers are marked, and nudged when they are read."""
     rng = np.random.default_rng(seed)
     floats = (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16)
     out = model
     g = out.graph
     tensors = list(g.initializer) + [a.t for n in g.node if n.op_type == "Constant"
                                      for a in n.attribute if a.name == "value"]
-    for t in tensors:
-        if t.data_type in floats and t.data_location != TensorProto.EXTERNAL:
+    for k, t in enumerate(tensors):
+        if t.data_type not in floats:
+            continue
+        if onnx_file.is_lazy(t):
+            e = t.external_data.add()
+            e.key, e.value = NUDGE, str(seed * 1_000_003 + k)
+        elif t.data_location != TensorProto.EXTERNAL:
             t.CopyFrom(numpy_helper.from_array(_nudged(numpy_helper.to_array(t), rng), t.name))
     return out

@@ -137,3 +137,28 @@ def test_folded_weights_are_freed_during_the_rewrite(exported):
     finally:
         gc.enable()
     assert len(kernels) > 40 and not held, held
+
+
+@pytest.mark.parametrize("light", [False, True])
+def test_check_of_a_light_model_passes_exact_folds_and_refuses_a_wrong_one(
+        exported, tmp_path, monkeypatch, capsys, light):
+    """The default check runs a large model's three onnxruntime sessions (original, nudged,
+    fused) from files holding its weights one tensor at a time; it passes an exact fold
+    and refuses one 0.1% off, as on a small model."""
+    from reparam import kernel
+
+    path = exported("torchscript", 0.5)
+    if light:
+        monkeypatch.setattr(O, "LAZY_FILE_BYTES", 0)
+        assert any(onnx_file.is_lazy(t) for t in O.load(path)[0].graph.initializer)
+    assert cli.main([path, str(tmp_path / "a.onnx"), "-q"]) == 0
+    exact = kernel.add
+
+    def off(*convs):
+        k = exact(*convs)
+        return k.replace(weight=k.weight * 1.001) if k else k
+
+    monkeypatch.setattr(kernel, "add", off)
+    assert cli.main([path, str(tmp_path / "b.onnx"), "-q"]) == 1
+    err = capsys.readouterr().err
+    assert "verification failed" in err and "block" in err and not (tmp_path / "b.onnx").exists()
