@@ -92,11 +92,18 @@ def kernel_cost(k: Conv) -> Cost:
     return Cost() if is_zero_pad(k) else conv_cost(k)
 
 
+def shared_values(node: Node) -> int:
+    """How many of ``node``'s weight values other nodes still read (attr ``shared``, a
+    :class:`~reparam.ir.SharedWeight` set by a frontend): those stay whatever a fold of
+    ``node`` does."""
+    weight = node.attrs.get("shared")
+    return weight.values if weight is not None and weight.readers > 1 else 0
+
+
 def node_cost(node: Node, k: Conv) -> Cost:
-    """:func:`kernel_cost` of ``node``'s kernel ``k``, less the weight values it shares with
-    other nodes (attr ``shared``, set by a frontend): those stay whatever a fold does."""
+    """:func:`kernel_cost` of ``node``'s kernel ``k``, less its :func:`shared_values`."""
     c = kernel_cost(k)
-    return Cost(c.macs, c.params - node.attrs.get("shared", 0))
+    return Cost(c.macs, c.params - shared_values(node))
 
 
 def runs_per_output(second: Conv) -> float:

@@ -5,7 +5,8 @@ from reparam import kernel
 from reparam.kernel import Refusal
 from reparam.rewrite import rule
 
-from .common import add_coeffs, bn_kernel, conv_kernel, is_zero_pad, new_conv, other_users
+from .common import (add_coeffs, bn_kernel, conv_kernel, is_zero_pad, new_conv, other_users,
+                     shared_values)
 
 
 @rule("bn")
@@ -32,7 +33,7 @@ def fold_conv_bn(graph, bn):
     scale = _second_affine(conv, k, bn) if k else k
     if not scale:
         return scale
-    shared = conv.attrs.get("shared", 0)  # weight values other nodes read: they stay
+    shared = shared_values(conv)  # weight values other nodes read: they stay
     if shared > 2 * k.out_channels:         # beside the folded conv's, which saves only BN's
         return Refusal("cost", f"conv {conv.name} shares {shared} weight values with other "
                                f"nodes, which keep them: the fold would add {shared} and save "
@@ -73,7 +74,7 @@ def fold_sum_coefficient(graph, add):
     coeffs = add_coeffs(add)
     for i, (term, c) in enumerate(zip(add.inputs, coeffs)):
         if abs(c) == 1 or term.op != "conv" or len(term.data_users) != 1 or graph.mutated(term) \
-                or term.attrs.get("shared"):  # weights others read: a scaled copy adds them
+                or shared_values(term):  # weights others read: a scaled copy adds them
             continue
         k = conv_kernel(term)
         if not k or is_zero_pad(k):  # a pad is free; scaled, it would multiply

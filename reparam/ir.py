@@ -102,6 +102,22 @@ class TensorType:
         return self.dtype in FLOAT_DTYPES
 
 
+class SharedWeight:
+    """A weight tensor that several nodes (or graph outputs) read, set by a frontend as the
+    attr ``shared`` of each node reading it: it stays as long as one reader does, so a fold
+    of one reader does not save its ``values`` elements. ``readers`` counts the reads
+    left: :meth:`Graph.remove` uncounts a removed reader."""
+
+    __slots__ = ("values", "readers")
+
+    def __init__(self, values: int, readers: int):
+        self.values = values
+        self.readers = readers
+
+    def __repr__(self) -> str:
+        return f"SharedWeight({self.values} values, {self.readers} readers)"
+
+
 class Node:
     __slots__ = ("op", "inputs", "attrs", "name", "origin", "users", "alive", "type", "pos",
                  "order", "prev", "next", "alias")
@@ -272,6 +288,9 @@ class Graph:
         node.next.prev = node.prev
         node.prev = node.next = None  # a removed node kept for its name holds no neighbour
         self._count -= 1
+        weight = node.attrs.get("shared")
+        if isinstance(weight, SharedWeight):
+            weight.readers -= 1
         for i in node.inputs:
             i.users.remove(node)
 

@@ -51,7 +51,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from .. import kernel
 from ..errors import BadInputError
-from ..ir import OPAQUE, Graph, Node, TensorType
+from ..ir import OPAQUE, Graph, Node, SharedWeight, TensorType
 from ..kernel import Conv, Refusal
 from . import onnx_file
 from .onnx_check import check_bn_params, first_line
@@ -319,7 +319,8 @@ class _Lifter:
         for t in g.initializer:
             self.types.setdefault(t.name, (t.data_type, tuple(t.dims)))
         self.consts = _Constants(model, self.types)
-        self._leaf_reads: dict | None = None  # see _shared_values
+        self._leaf_reads: dict | None = None  # see _shared_weight
+        self._shared: dict[str, SharedWeight] = {}
         self._propagate_channels(g)
         # onnx-graphsurgeon view of the same graph, for attributes and tensor metadata
         declared = {v.name for v in g.value_info} | {v.name for v in g.output}
@@ -680,13 +681,12 @@ class _Lifter:
             return self._keep(node, conv.reason)
         return "conv", {"kernel": conv, "pool": True}, (0,)
 
-    def _shared_values(self, node, slots) -> int:
-        """How many of the weight values ``node`` reads lie in an initializer that other
-        nodes (or graph outputs) read too, directly or through Identity nodes: they stay
-        whatever a fold does, so the cost guard does not count them as saved. Only the
-        weight (input 1) counts: a bias an exporter shares (the all-zero biases of a
-        model's linear layers, written once) is as small as what a fold saves beside it,
-        and counting it would stop folds that end up removing every reader."""
+    def _shared_weight(self, node, slots) -> SharedWeight | None:
+        """The weight (input 1) of ``node`` as a :class:`~reparam.ir.SharedWeight` when other
+        nodes (or graph outputs) read its initializer too, directly or through Identity
+        nodes: it stays while they do, so the cost guard does not count it as saved. (Only
+        the weight: a bias an exporter shares, such as the all-zero biases of a model's
+        linear layers written once, is as small as what a fold saves beside it.)"""
         if self._leaf_reads is None:
             reads: dict[str, int] = {o.name: 1 for o in self.model.graph.output}
             for n in reversed(self.model.graph.node):  # an Identity's reads are its readers'
@@ -696,17 +696,16 @@ class _Lifter:
                     reads[i] = reads.get(i, 0) + (reads.get(n.output[0], 0)
                                                   if n.op_type == "Identity" else 1)
             self._leaf_reads = reads
+        name = node.input[1] if len(node.input) > 1 and 1 not in slots else ""
         producer = self.consts.producer
-        shared = 0
-        for k, name in enumerate(node.input[:2]):
-            if k in slots or not name:
-                continue
-            while name in producer and producer[name].op_type == "Identity":
-                name = producer[name].input[0]
-            t = self.consts.inits.get(name)
-            if t is not None and self._leaf_reads.get(name, 0) > 1:
-                shared += math.prod(t.dims)
-        return shared
+        while name in producer and producer[name].op_type == "Identity":
+            name = producer[name].input[0]
+        t = self.consts.inits.get(name)
+        if t is None or self._leaf_reads.get(name, 0) < 2:
+            return None
+        if name not in self._shared:  # one object for all its readers: each fold uncounts one
+            self._shared[name] = SharedWeight(math.prod(t.dims), self._leaf_reads[name])
+        return self._shared[name]
 
     # the whole graph ------------------------------------------------------------------
     def lift(self) -> Lifted:
@@ -734,8 +733,10 @@ class _Lifter:
                          else f"{node.domain}::{node.op_type}"}
             else:
                 op, attrs, slots = lifted
-                if op in ("conv", "conv_transpose"):
-                    attrs["shared"] = self._shared_values(node, slots)
+                shared = self._shared_weight(node, slots) if op in ("conv", "conv_transpose") \
+                    else None
+                if shared is not None:
+                    attrs["shared"] = shared
             names = [node.input[s] if isinstance(s, int) else s for s in slots]
             origin = NodeOrigin(index, tuple(slots))
             out_type = self.ir_type(node.output[0]) if len(node.output) == 1 else None
