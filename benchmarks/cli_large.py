@@ -4,8 +4,9 @@
     python benchmarks/cli_large.py --timm repvgg_b3        # export timm's training form first
 
 Runs ``python -m reparam IN OUT --no-check`` and ``python -m reparam IN OUT`` (default check)
-``--runs`` times each, alternating, each in a fresh process, and prints the median of each
-figure: wall-clock seconds, user and system CPU seconds and the process's peak resident
+``--runs`` times each, alternating, each in a fresh process, then onnxruntime alone on the
+input and the output (a session and one run each: the cost the check cannot avoid), and
+prints the median of each figure: wall-clock seconds, user and system CPU seconds and the process's peak resident
 memory, also as a multiple of the input file's size (issue 14's targets for timm's
 RepVGG-B3 training export, 492 MB: ``--no-check`` at most 4 s and 2x the file).
 """
@@ -32,6 +33,20 @@ def measure(argv: list[str]) -> dict:
         raise SystemExit(f"{' '.join(argv)} failed: {err.strip()}")
     return {"wall": wall, "user": usage.ru_utime, "sys": usage.ru_stime,
             "peak": usage.ru_maxrss * 1024}
+
+
+#: what the default check cannot do without: an onnxruntime session on each model, one run
+_ORT_ALONE = """
+import sys, numpy as np, onnxruntime as ort
+opts = ort.SessionOptions()
+opts.log_severity_level = 3
+for path in sys.argv[1:]:
+    s = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    i = s.get_inputs()[0]
+    s.run(None, {i.name: np.random.rand(*[d if isinstance(d, int) else 1 for d in i.shape])
+                 .astype(np.float32)})
+    del s
+"""
 
 
 def export_timm(name: str, folder: str) -> str:
@@ -67,6 +82,8 @@ def main(argv=None) -> int:
         for _ in range(args.runs):
             for k, flags in modes.items():
                 runs[k].append(measure([sys.executable, "-m", "reparam", src, out, "-q", *flags]))
+        runs["onnxruntime alone: input and output, one run each"] = [
+            measure([sys.executable, "-c", _ORT_ALONE, src, out]) for _ in range(args.runs)]
         print(f"{src}: {size / 1e6:.1f} MB, median of {args.runs} runs")
         print("| mode | wall (s) | user (s) | system (s) | peak memory | / file |")
         print("| --- | ---: | ---: | ---: | ---: | ---: |")
