@@ -132,11 +132,20 @@ ULP_FLOOR = 8
 
 
 def _diff(a, b) -> float:
-    return float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max(initial=0))
+    """``max|a - b|``; a position holding the same value in both (the same infinity, or NaN
+    in both) differs by 0, one where only one of them is finite or NaN by ``inf``."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    with np.errstate(invalid="ignore"):  # inf - inf
+        d = np.abs(a - b)
+    d[(a == b) | (np.isnan(a) & np.isnan(b))] = 0.0
+    d[np.isnan(d)] = np.inf
+    return float(d.max(initial=0))
 
 
 def _scale(a) -> float:
-    return float(np.abs(np.asarray(a, np.float64)).max(initial=0))
+    """``max|a|`` over the finite values of ``a``."""
+    a = np.abs(np.asarray(a, np.float64))
+    return float(a[np.isfinite(a)].max(initial=0))
 
 
 def _block_check(block, ref: dict, noisy: dict, got) -> tuple[float, float]:

@@ -336,3 +336,30 @@ def test_external_data_beside_an_output_named_in_the_current_directory(
     assert (elsewhere / "out.onnx.data").read_bytes() == b"unrelated"
     fused = onnx.load(tmp_path / "o" / "out.onnx")
     assert ops(fused) == Counter({"Conv": 1, "Relu": 1})
+
+
+def test_per_channel_constants_with_zeros_fold_without_a_warning(capsys, tmp_path):
+    """``conv(x) * c`` with ``c`` zero on some channels (as in MobileOne and FastViT exports)
+    folds, and no numpy warning is raised (a reciprocal was computed for every per-channel
+    constant, a Mul's too: 'divide by zero'); ``conv(x) / d`` with a zero in ``d`` is kept,
+    and the check compares its infinities as equal (was 'invalid value in subtract')."""
+    import warnings
+
+    c = 4
+    zeros = np.array([0.0, 1.5, 0.0, -2.0]).reshape(1, c, 1, 1)
+
+    def model(op):
+        nodes = [helper.make_node("Conv", ["x", "w"], ["h"], pads=[1, 1, 1, 1]),
+                 helper.make_node(op, ["h", "s"], ["y"])]
+        return make(nodes, [vi("x", [1, c, 6, 6])], [vi("y", [1, c, 6, 6])],
+                    [conv_w("w", c, c, 3, 1), tensor("s", zeros)])
+
+    feeds = [{"x": RNG(k).standard_normal((1, c, 6, 6)).astype(np.float32)} for k in range(2)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for fused in every_path(capsys, tmp_path, model("Mul"), feeds):
+            assert ops(fused) == Counter({"Conv": 1})
+        onnx.save(model("Div"), tmp_path / "div.onnx")
+        code, _, err = call(capsys, tmp_path / "div.onnx", tmp_path / "div-out.onnx")
+        assert code == 0 and "Warning" not in err, err
+        assert ops(onnx.load(tmp_path / "div-out.onnx")) == Counter({"Conv": 1, "Div": 1})
