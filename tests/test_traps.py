@@ -333,6 +333,62 @@ def test_inplace_activation_after_a_block_still_folds():
     assert len(convs(fused)) == 2 and not bns(fused)
 
 
+class Augmented(nn.Module):
+    """``a = bn(conv(x)); a op= bn(conv1x1(x))``, with a view of ``a`` taken before the
+    assignment and read after it when ``view`` (the view sees the change)."""
+
+    def __init__(self, op, view, c=6):
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(c, c, 3, padding=1, bias=False), bn(c))
+        self.b = nn.Sequential(nn.Conv2d(c, c, 1, bias=False), bn(c))
+        self.op, self.view = op, view
+
+    def forward(self, x):
+        a = self.a(x)
+        v = a[:, :3] if self.view else None
+        if self.op == "+=":
+            a += self.b(x)
+        elif self.op == "-=":
+            a -= self.b(x)
+        elif self.op == "*=":
+            a *= 0.5
+        else:
+            a /= 4.0
+        return torch.cat([v, a], 1) if self.view else torch.relu(a)
+
+
+@pytest.mark.parametrize("op", ["+=", "-=", "*=", "/="])
+@pytest.mark.parametrize("view", [True, False], ids=["view-read-after", "no-alias"])
+def test_augmented_assignment_changes_what_aliases_it(op, view):
+    """torch.fx traces ``a += b`` as ``a = a + b``: a view of ``a`` read afterwards was traced
+    as unchanged (the fused model returned the view without the sum). Traced as the in-place
+    call it is, and folded as a sum only where nothing else sees ``a``."""
+    fused, report = check(Augmented(op, view).double().eval(), X)
+    assert not bns(fused)  # each conv+BN folds
+    merged = 1 if op in ("*=", "/=") else int(not view)  # a scale folds into the conv
+    assert len(convs(fused)) == 2 - merged, report.details()
+
+
+def test_augmented_assignment_on_an_input_is_kept():
+    """``x += ...`` changes the caller's tensor: it stays the in-place call it is."""
+    class M(nn.Module):
+        def __init__(self, c=6):
+            super().__init__()
+            self.a = nn.Sequential(nn.Conv2d(c, c, 3, padding=1, bias=False), bn(c))
+
+        def forward(self, x):
+            y = self.a(x)
+            x += 1.0
+            return y + x
+
+    model = M().double().eval()
+    x = X.clone()
+    reference = copy.deepcopy(model)(X.clone())
+    fused = reparam.fuse(model)
+    assert rel_err(fused(x), reference) <= TOL
+    assert torch.equal(x, X + 1.0)  # changed as the original changes it
+
+
 class SideEffect(nn.Module):
     def __init__(self, c=6):
         super().__init__()

@@ -20,6 +20,7 @@ from torch import fx, nn
 
 from .fx_copy import copy_model
 from .fx_effects import analyse
+from .fx_inplace import InplaceProxy, pure_assignments
 from .fx_lift import lift
 from .fx_lower import lower
 from .fx_types import capture_inputs, propagate
@@ -82,6 +83,9 @@ class _Tracer(fx.Tracer):
             self.autocast_changed = True
         return super().create_node(kind, target, args, kwargs, name, type_expr)
 
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        return InplaceProxy(node, self)  # a += b is traced as the in-place call it is
+
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return (id(m) in self.leaf_ids or isinstance(m, self.leaf_types)
                 or super().is_leaf_module(m, qualname))
@@ -97,7 +101,7 @@ class _Tracer(fx.Tracer):
 
     def create_arg(self, a):
         t = type(a)
-        if t is fx.Proxy:  # the common cases, as fx's own create_arg treats them, without its
+        if t is InplaceProxy:  # the common cases, as fx's own create_arg treats them, without its
             return a.node  # checks for constants and opaque types (a third of tracing)
         if t in _PLAIN_ARGS:
             return a
@@ -299,7 +303,10 @@ def fuse_traced(traced: fx.GraphModule, rules, runs, class_name: str):
     from ..rewrite import run
 
     types = propagate(traced, runs)
-    graph = lift(traced, types, analyse(traced, types))
+    effects = analyse(traced, types)
+    if pure_assignments(traced.graph, types, effects):  # a += b nothing else sees: a + b
+        effects = analyse(traced, types)
+    graph = lift(traced, types, effects)
     report = run(graph, rules)
     if types.note:
         report.notes.append("note: " + types.note)
