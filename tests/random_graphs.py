@@ -150,7 +150,6 @@ class _Aliases:
     def __init__(self):
         self.storage, self.version = [0], [0]
         self.latest = {0: (0, 0)}  # storage -> (version, the tensor its latest change made)
-        self.augmented = set()  # storages changed by ``x += y``
 
     def read(self, j) -> int:
         """The tensor whose value a read of ``j`` gets now."""
@@ -167,8 +166,6 @@ class _Aliases:
             assert s != 0, (i, op, "the model's input is never changed")
             version = self.latest[s][0] + 1
             self.latest[s] = (version, i)
-            if op.attrs.get("spelling") == "augmented":
-                self.augmented.add(s)
             self.storage.append(s)
             self.version.append(version)
         elif op.kind == "identity":
@@ -250,8 +247,6 @@ class Spec:
         aliases, reads = _Aliases(), []
         for i, op in enumerate(self.ops, 1):
             reads.append(tuple(aliases.read(j) for j in op.inputs))
-            for j in op.inputs:  # fx traces ``x += y`` as ``x = x + y``: a stale name would differ
-                assert not aliases.stale(j) or aliases.storage[j] not in aliases.augmented, (i, op)
             aliases.step(i, op)
         return aliases, tuple(reads)
 
@@ -323,10 +318,6 @@ class _Draft:
         self.max_k = 7 if len(shape) < 5 else 3
 
     def add(self, kind, inputs, **attrs) -> int:
-        # a stale name of a tensor changed by ``x += y`` reads the change's result instead
-        # (fx traces ``x += y`` as ``x = x + y``)
-        inputs = [self.aliases.read(j) if self.aliases.storage[j] in self.aliases.augmented else j
-                  for j in inputs]
         op = Op(kind, tuple(inputs), attrs)
         s = _shape_after(op, self.shapes)
         assert min(s) >= 1, (op, s)
