@@ -14,6 +14,7 @@ import dataclasses
 import gc
 import sys
 import warnings
+from collections import OrderedDict
 
 import torch
 from torch import fx, nn
@@ -29,11 +30,15 @@ from .fx_types import capture_inputs, propagate
 RTOL = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
 
 
-#: argument types that fx stores in a graph as they are
+#: argument types that fx stores in a graph as they are (and that hold no traced value)
 _PLAIN_ARGS = frozenset({int, float, bool, str, type(None)})
+#: containers that hold nothing when empty (a module's hook tables, mostly)
+_EMPTY_WHEN_FALSE = frozenset({list, tuple, set, frozenset, dict, OrderedDict})
 
 
 def _holds_proxy(v, depth: int = 2) -> bool:
+    if type(v) in _PLAIN_ARGS:
+        return False
     if isinstance(v, fx.Proxy):
         return True
     if depth and isinstance(v, (list, tuple, set, frozenset)):
@@ -49,7 +54,10 @@ def _stored_proxy(model: nn.Module) -> str | None:
     ``'attr' of module 'path'``; None when there is none."""
     for path, m in model.named_modules():
         for k, v in vars(m).items():
-            if k not in _MODULE_STATE and _holds_proxy(v):
+            t = type(v)
+            if t in _PLAIN_ARGS or t in _EMPTY_WHEN_FALSE and not v or k in _MODULE_STATE:
+                continue
+            if _holds_proxy(v):
                 return f"{k!r} of module {path or '<model>'!r}"
     return None
 
