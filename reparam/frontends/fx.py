@@ -23,6 +23,7 @@ from .fx_copy import copy_model
 from .fx_effects import analyse
 from .fx_lift import lift
 from .fx_lower import lower
+from .fx_traced import Traced
 from .fx_types import capture_inputs, propagate
 
 
@@ -94,6 +95,12 @@ class _Tracer(fx.Tracer):
         return (id(m) in self.leaf_ids or isinstance(m, self.leaf_types)
                 or super().is_leaf_module(m, qualname))
 
+    def release(self) -> None:
+        """Drop everything the tracer holds. torch.fx's patcher leaves it in a reference cycle,
+        which would keep the traced model (and all it holds) for the cyclic garbage collector
+        rather than freeing it once fuse is done with it."""
+        self.__dict__.clear()
+
     def _tables(self):
         """The root's parameter and buffer names by tensor id (the first name of a shared one,
         as fx's searches find it), made once: fx searches them all at every access, which is
@@ -133,18 +140,23 @@ class _Tracer(fx.Tracer):
         return parameter_proxy_cache[name]
 
 
-def trace(model: nn.Module, leaf_modules=(), concrete_args=None) -> fx.GraphModule:
-    """The fx graph of ``model``; a GraphModule is used as it is (re-tracing would rename nodes)."""
+def trace(model: nn.Module, leaf_modules=(), concrete_args=None) -> Traced:
+    """The fx graph of ``model``; a GraphModule's own is used as it is (re-tracing would rename
+    nodes)."""
     if isinstance(model, fx.GraphModule) and not leaf_modules and concrete_args is None:
-        return model
+        return Traced(model, model.graph, rebuilt=False)
     tracer = _Tracer(leaf_modules)
-    graph = tracer.trace(model, concrete_args)
+    try:
+        graph = tracer.trace(model, concrete_args)
+        autocast_changed = tracer.autocast_changed
+    finally:
+        tracer.release()
     leak = _stored_proxy(model)
     if leak:
         raise fx.proxy.TraceError(f"{type(model).__name__}'s forward stores a traced value in "
                                   f"{leak}, outside what it returns: torch.fx does not record "
                                   "that (the graph would not store it)")
-    if tracer.autocast_changed:
+    if autocast_changed:
         raise fx.proxy.TraceError(f"{type(model).__name__}'s forward runs part of itself under "
                                   "torch.autocast, which torch.fx does not record (its graph "
                                   "would compute in other dtypes)")
@@ -154,18 +166,7 @@ def trace(model: nn.Module, leaf_modules=(), concrete_args=None) -> fx.GraphModu
         names = list(inspect.signature(model.forward).parameters)
         for node, name in zip((n for n in graph.nodes if n.op == "placeholder"), names):
             node.target = name
-    return _graph_module(tracer.root, graph, type(model).__name__)
-
-
-def _graph_module(root: nn.Module, graph: fx.Graph, name: str) -> fx.GraphModule:
-    """A GraphModule of ``graph``, only read (never run): its Python code is generated lazily,
-    on first use, where torch can (compiling it is a tenth of the time of ``fuse``)."""
-    try:
-        from torch.fx._lazy_graph_module import _LazyGraphModule, _make_graph_module
-
-        return _make_graph_module(root, graph, name, graph_module_cls=_LazyGraphModule)
-    except (ImportError, TypeError):  # torch < 2.3, or a changed private API
-        return fx.GraphModule(root, graph, name)
+    return Traced(model, graph)
 
 
 def _first_line(e: Exception) -> str:
@@ -302,7 +303,7 @@ def unfusable(model: nn.Module) -> str | None:
     return None
 
 
-def fuse_traced(traced: fx.GraphModule, rules, runs, class_name: str):
+def fuse_traced(traced: Traced, rules, runs, class_name: str):
     """Type, lift, rewrite and lower one traced module; returns ``(GraphModule, Report)``."""
     from ..rewrite import run
 

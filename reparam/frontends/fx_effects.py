@@ -163,13 +163,14 @@ class Effects:
     mutated_tensors: set = field(default_factory=set)  # ids of stored tensors changed in place
 
 
-def _call_effects(node: fx.Node, modules: dict, tensors: list):
-    """(inputs the result may alias, inputs changed in place) of one call."""
+def _call_effects(node: fx.Node, traced, tensors: list):
+    """(inputs the result may alias, inputs changed in place) of one call (of ``traced``, a
+    :class:`~reparam.frontends.fx_traced.Traced`)."""
     first = [node.args[0]] if node.args and isinstance(node.args[0], fx.Node) else []
     out = node.kwargs.get("out", ())
     out = [v for v in (out if isinstance(out, (tuple, list)) else [out]) if isinstance(v, fx.Node)]
     if node.op == "call_module":
-        m = modules[node.target]
+        m = traced.fetch(node.target)
         cls = known_class(type(m))
         if cls is None or has_hooks(m) or "forward" in m.__dict__:
             return tensors, tensors
@@ -201,10 +202,10 @@ def _call_effects(node: fx.Node, modules: dict, tensors: list):
     return ([] if fresh else tensors), changed
 
 
-def analyse(gm: fx.GraphModule, types) -> Effects:
-    """The effects of every node of ``gm`` (``types``: a :class:`fx_types.Types`; without
-    types every input node is taken for a tensor)."""
-    modules = dict(gm.named_modules())
+def analyse(traced, types) -> Effects:
+    """The effects of every node of ``traced`` (a :class:`~reparam.frontends.fx_traced.Traced`;
+    ``types``: a :class:`fx_types.Types`; without types every input node is taken for a
+    tensor)."""
     fx_effects = Effects()
     parent: dict = {}
 
@@ -215,14 +216,14 @@ def analyse(gm: fx.GraphModule, types) -> Effects:
 
     typed = bool(types.of)
     mutated_roots = set()
-    for node in gm.graph.nodes:
+    for node in traced.graph.nodes:
         if node.op not in ("call_module", "call_function", "call_method"):
             continue
         tensors = [i for i in node.all_input_nodes if not typed or types.get(i) is not None]
         if node.op == "call_method" and typed and (not node.args or types.get(node.args[0]) is None):
             aliases, changed = tensors, tensors  # not a Tensor method: unknown
         else:
-            aliases, changed = _call_effects(node, modules, tensors)
+            aliases, changed = _call_effects(node, traced, tensors)
         fx_effects.aliases[node] = aliases
         fx_effects.mutates[node] = changed
         for i in aliases:
@@ -231,10 +232,7 @@ def analyse(gm: fx.GraphModule, types) -> Effects:
                 parent[a] = b
         mutated_roots.update(changed)
     mutated = {root(i) for i in mutated_roots}
-    for node in gm.graph.nodes:
+    for node in traced.graph.nodes:
         if node.op == "get_attr" and root(node) in mutated:
-            value = gm
-            for part in node.target.split("."):
-                value = getattr(value, part)
-            fx_effects.mutated_tensors.add(id(value))
+            fx_effects.mutated_tensors.add(id(traced.fetch(node.target)))
     return fx_effects
