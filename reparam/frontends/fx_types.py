@@ -21,6 +21,7 @@ type is folded (the report says why).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import operator
 from dataclasses import dataclass, field
@@ -71,6 +72,7 @@ class Types:
         return sa is not None and sa == sb
 
 
+@functools.lru_cache(maxsize=None)
 def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).rpartition(".")[2]
 
@@ -78,9 +80,14 @@ def dtype_name(dtype: torch.dtype) -> str:
 def _type_of(values, device: str | None) -> TensorType | None:
     """The type of a node's results over the runs (None unless all are plain tensors);
     ``device``: the device of every value, where the runs were on the meta device."""
+    first = values[0]
+    if len(values) == 1:  # the common case, in short
+        if not isinstance(first, torch.Tensor):
+            return None
+        return TensorType(dtype_name(first.dtype), tuple(map(int, first.shape)),
+                          device or str(first.device))
     if not all(isinstance(v, torch.Tensor) for v in values):
         return None
-    first = values[0]
     if any(v.dtype != first.dtype or v.dim() != first.dim() for v in values):
         return None
     shape = tuple(int(d) if all(int(v.shape[k]) == int(d) for v in values) else None
@@ -168,11 +175,13 @@ def _elementwise_output(target, args, kwargs):
     dtype = torch.result_type(a, b)
     if not dtype.is_floating_point or any(t.device != tensors[0].device for t in tensors):
         return None
-    try:
-        shape = torch.broadcast_shapes(*(t.shape for t in tensors))
-    except RuntimeError:
-        return None
-    return tensors[0].new_empty(shape, dtype=dtype)
+    shapes = [t.shape for t in tensors]
+    if shapes[-1] != shapes[0]:  # (one shape broadcasts to itself)
+        try:
+            shapes[0] = torch.broadcast_shapes(*shapes)
+        except RuntimeError:
+            return None
+    return tensors[0].new_empty(shapes[0], dtype=dtype)
 
 
 class _Recorder(fx.Interpreter):
@@ -205,7 +214,7 @@ class _Recorder(fx.Interpreter):
         return out if out is not None else super().call_function(target, args, kwargs)
 
     def get_attr(self, target, args, kwargs):
-        value = super().get_attr(target, args, kwargs)
+        value = self.traced.fetch(target)  # the stored tensor, of which convert makes the copy
         if isinstance(value, torch.Tensor) and target not in self.converted:
             self.converted[target] = self.convert(value)
         return self.converted.get(target, value)
