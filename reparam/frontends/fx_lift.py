@@ -52,7 +52,8 @@ from torch.nn.utils import parametrize
 from .. import kernel
 from ..ir import OPAQUE, Graph, Node
 from ..kernel import Conv, Refusal
-from .fx_effects import Effects, has_hooks, known_class, signature as _signature
+from .fx_effects import Effects, bind_arguments, has_hooks, known_class
+from .fx_effects import signature as _signature
 from .fx_traced import Traced
 from .fx_types import Types, dtype_name
 
@@ -270,11 +271,9 @@ class _Lifter:
                 return None
             a, b, alpha = node.args[0], node.args[1], 1
         else:
-            try:
-                bound = sig.bind(*node.args, **node.kwargs)
-            except TypeError:
+            args = bind_arguments(sig, node.args, node.kwargs)
+            if args is None:
                 return None
-            args = {**{k: p.default for k, p in sig.parameters.items()}, **bound.arguments}
             if args["out"] is not None or args.get("rounding_mode") is not None:
                 return None
             a, b, alpha = args["input"], args["other"], args.get("alpha", 1)
@@ -648,12 +647,7 @@ def _ints(v, n: int) -> tuple | None:
 def _bind(sig: inspect.Signature, node: fx.Node) -> dict | None:
     """The arguments of ``node`` by parameter name, defaults filled in; None if they do not
     bind to ``sig``."""
-    try:
-        bound = sig.bind(*node.args, **node.kwargs)
-    except TypeError:
-        return None
-    bound.apply_defaults()
-    return dict(bound.arguments)
+    return bind_arguments(sig, node.args, node.kwargs)
 
 
 def _nodes(args: dict, keys) -> list:

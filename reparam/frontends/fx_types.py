@@ -230,7 +230,7 @@ class _Spec:
 
 
 def _devices(traced: Traced, inputs) -> set:
-    found = {str(t.device) for t in traced.tensors()}
+    found = {str(d) for d in {t.device for t in traced.tensors()}}
     return found | {str(x.device) for x in inputs if isinstance(x, (torch.Tensor, _Spec))}
 
 
