@@ -120,7 +120,7 @@ class Node:
         self.order = 0.0  # increases along the list (see Graph.add)
         self.prev: Node | None = None
         self.next: Node | None = None
-        self.alias: Node = self  # union-find parent of the alias class
+        self.alias: Node | None = None  # union-find parent in the alias class; None: its root
 
     @property
     def data_users(self) -> list["Node"]:
@@ -143,7 +143,7 @@ class Graph:
         self._head = Node("<head>", [])  # sentinel of a circular list
         self._head.prev = self._head.next = self._head
         self._count = 0
-        self._mutations: dict[int, list[tuple[int, str]]] = {}  # alias root id -> (pos, name)
+        self._mutations: dict[Node, list[tuple[int, str]]] = {}  # alias root -> (pos, name)
 
     # --- iteration --------------------------------------------------------------
     def __iter__(self) -> Iterator[Node]:
@@ -195,8 +195,9 @@ class Graph:
 
     # --- aliasing and side effects ----------------------------------------------------
     def alias_root(self, node: Node) -> Node:
-        while node.alias is not node:
-            node.alias = node.alias.alias
+        while node.alias is not None:
+            if node.alias.alias is not None:  # path halving
+                node.alias = node.alias.alias
             node = node.alias
         return node
 
@@ -206,23 +207,23 @@ class Graph:
         if ra is rb:
             return
         rb.alias = ra
-        moved = self._mutations.pop(id(rb), None)
+        moved = self._mutations.pop(rb, None)
         if moved:
-            self._mutations[id(ra)] = sorted(self._mutations.get(id(ra), []) + moved)
+            self._mutations[ra] = sorted(self._mutations.get(ra, []) + moved)
 
     def mark_mutation(self, value: Node, by: Node) -> None:
         """Node ``by`` may change ``value`` (and every tensor aliasing it) in place."""
-        events = self._mutations.setdefault(id(self.alias_root(value)), [])
+        events = self._mutations.setdefault(self.alias_root(value), [])
         bisect.insort(events, (by.pos, by.name))
 
     def mutated(self, value: Node) -> bool:
         """Whether anything may change ``value`` in place, anywhere in the graph."""
-        return bool(self._mutations.get(id(self.alias_root(value))))
+        return bool(self._mutations.get(self.alias_root(value)))
 
     def mutation_between(self, value: Node, start: int, end: int) -> str | None:
         """Name of a node at a position in ``[start, end)`` that may change ``value`` in
         place (so reads at ``start`` and at ``end`` may see different contents), or None."""
-        events = self._mutations.get(id(self.alias_root(value)), [])
+        events = self._mutations.get(self.alias_root(value), [])
         k = bisect.bisect_left(events, (start, ""))
         return events[k][1] if k < len(events) and events[k][0] < end else None
 
@@ -266,6 +267,7 @@ class Graph:
         node.alive = False
         node.prev.next = node.next
         node.next.prev = node.prev
+        node.prev = node.next = None  # (no reference cycle left behind)
         self._count -= 1
         for i in node.inputs:
             i.users.remove(node)
@@ -282,6 +284,18 @@ class Graph:
             removed += 1
             stack.extend(n.inputs)
         return removed
+
+    def clear(self) -> None:
+        """Remove every node. The node list, use lists and alias classes are reference
+        cycles: unlinked, a graph the frontend is done with is freed at once, not left to
+        the cyclic garbage collector."""
+        for n in self:
+            n.alive = False
+            n.prev = n.next = n.alias = None
+            n.inputs, n.users = [], []
+        self._head.prev = self._head.next = self._head
+        self._count = 0
+        self._mutations = {}
 
     # --- queries ----------------------------------------------------------------
     def op_counts(self) -> Counter:

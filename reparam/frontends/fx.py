@@ -312,7 +312,9 @@ def fuse_traced(traced: Traced, rules, runs, class_name: str):
     report = run(graph, rules)
     if types.note:
         report.notes.append("note: " + types.note)
-    return lower(graph, traced, class_name), report
+    fused = lower(graph, traced, class_name)
+    graph.clear()
+    return fused, report
 
 
 def fuse_parts(model: nn.Module, rules, leaf_modules=(), calls=None):
