@@ -175,16 +175,22 @@ def _updated_statistics(target, args, kwargs) -> list | None:
     return [bound[n] for n in names if isinstance(bound[n], fx.Node)]
 
 
+@functools.lru_cache(maxsize=None)
+def _takes_inplace(target) -> bool:
+    """Whether ``target``'s signature has an ``inplace`` parameter (False for a builtin
+    without a signature)."""
+    try:
+        return "inplace" in signature(target).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def _inplace_argument(target, args, kwargs) -> bool:
     if kwargs.get("inplace") is True:
         return True
-    try:
-        sig = signature(target)
-    except (TypeError, ValueError):  # a builtin without signature: only keywords were seen
-        return False
-    if "inplace" not in sig.parameters:  # (no binding gives it one)
-        return False
-    bound = bind_arguments(sig, args, kwargs)
+    if not _takes_inplace(target):  # no binding gives it one (a builtin without signature:
+        return False                # only keywords were seen)
+    bound = bind_arguments(signature(target), args, kwargs)
     return bound is not None and bound.get("inplace") is True
 
 
