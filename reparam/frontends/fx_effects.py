@@ -33,6 +33,8 @@ import torch
 from torch import fx, nn
 import torch.nn.functional as F
 
+from .fx_traced import Traced
+
 #: torch.nn classes whose forward changes nothing it is given, unless ``inplace=True``
 KNOWN_MODULES = frozenset({
     nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
@@ -203,9 +205,8 @@ class Effects:
     mutated_tensors: set = field(default_factory=set)  # ids of stored tensors changed in place
 
 
-def _call_effects(node: fx.Node, traced, tensors: list):
-    """(inputs the result may alias, inputs changed in place) of one call (of ``traced``, a
-    :class:`~reparam.frontends.fx_traced.Traced`)."""
+def _call_effects(node: fx.Node, traced: Traced, tensors: list):
+    """(inputs the result may alias, inputs changed in place) of one call of ``traced``."""
     first = [node.args[0]] if node.args and isinstance(node.args[0], fx.Node) else []
     out = node.kwargs.get("out", ())
     out = [v for v in (out if isinstance(out, (tuple, list)) else [out]) if isinstance(v, fx.Node)]
@@ -242,10 +243,9 @@ def _call_effects(node: fx.Node, traced, tensors: list):
     return ([] if fresh else tensors), changed
 
 
-def analyse(traced, types) -> Effects:
-    """The effects of every node of ``traced`` (a :class:`~reparam.frontends.fx_traced.Traced`;
-    ``types``: a :class:`fx_types.Types`; without types every input node is taken for a
-    tensor)."""
+def analyse(traced: Traced, types) -> Effects:
+    """The effects of every node of ``traced`` (``types``: a :class:`fx_types.Types`; without
+    types every input node is taken for a tensor)."""
     fx_effects = Effects()
     parent: dict = {}
 
