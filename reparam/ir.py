@@ -161,7 +161,7 @@ class Graph:
         self._head = Node("<head>", [])  # sentinel of a circular list
         self._head.prev = self._head.next = self._head
         self._count = 0
-        self._mutations: dict[int, list[tuple[int, str]]] = {}  # alias root id -> (pos, name)
+        self._mutations: dict[Node, list[tuple[int, str]]] = {}  # alias root -> (pos, name)
 
     # --- iteration --------------------------------------------------------------
     def __iter__(self) -> Iterator[Node]:
@@ -213,12 +213,11 @@ class Graph:
 
     # --- aliasing and side effects ----------------------------------------------------
     def alias_root(self, node: Node) -> Node:
-        root = node
-        while root.alias is not None:
-            root = root.alias
-        while node.alias is not None and node.alias is not root:  # path compression
-            node.alias, node = root, node.alias
-        return root
+        while node.alias is not None:
+            if node.alias.alias is not None:  # path halving
+                node.alias = node.alias.alias
+            node = node.alias
+        return node
 
     def unite(self, a: Node, b: Node) -> None:
         """``a`` and ``b`` may share memory: one alias class (with both classes' mutations)."""
@@ -226,23 +225,23 @@ class Graph:
         if ra is rb:
             return
         rb.alias = ra
-        moved = self._mutations.pop(id(rb), None)
+        moved = self._mutations.pop(rb, None)
         if moved:
-            self._mutations[id(ra)] = sorted(self._mutations.get(id(ra), []) + moved)
+            self._mutations[ra] = sorted(self._mutations.get(ra, []) + moved)
 
     def mark_mutation(self, value: Node, by: Node) -> None:
         """Node ``by`` may change ``value`` (and every tensor aliasing it) in place."""
-        events = self._mutations.setdefault(id(self.alias_root(value)), [])
+        events = self._mutations.setdefault(self.alias_root(value), [])
         bisect.insort(events, (by.pos, by.name))
 
     def mutated(self, value: Node) -> bool:
         """Whether anything may change ``value`` in place, anywhere in the graph."""
-        return bool(self._mutations.get(id(self.alias_root(value))))
+        return bool(self._mutations.get(self.alias_root(value)))
 
     def mutation_between(self, value: Node, start: int, end: int) -> str | None:
         """Name of a node at a position in ``[start, end)`` that may change ``value`` in
         place (so reads at ``start`` and at ``end`` may see different contents), or None."""
-        events = self._mutations.get(id(self.alias_root(value)), [])
+        events = self._mutations.get(self.alias_root(value), [])
         k = bisect.bisect_left(events, (start, ""))
         return events[k][1] if k < len(events) and events[k][0] < end else None
 
@@ -306,6 +305,18 @@ class Graph:
             removed += 1
             stack.extend(n.inputs)
         return removed
+
+    def clear(self) -> None:
+        """Remove every node. The node list, use lists and alias classes are reference
+        cycles: unlinked, a graph the frontend is done with is freed at once, not left to
+        the cyclic garbage collector."""
+        for n in self:
+            n.alive = False
+            n.prev = n.next = n.alias = None
+            n.inputs, n.users = [], []
+        self._head.prev = self._head.next = self._head
+        self._count = 0
+        self._mutations = {}
 
     # --- queries ----------------------------------------------------------------
     def op_counts(self) -> Counter:

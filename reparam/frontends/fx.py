@@ -14,6 +14,7 @@ import dataclasses
 import gc
 import sys
 import warnings
+from collections import OrderedDict
 
 import torch
 from torch import fx, nn
@@ -23,6 +24,7 @@ from .fx_effects import analyse
 from .fx_inplace import InplaceProxy, pure_assignments
 from .fx_lift import lift
 from .fx_lower import lower
+from .fx_traced import Traced
 from .fx_types import capture_inputs, propagate
 
 
@@ -30,11 +32,15 @@ from .fx_types import capture_inputs, propagate
 RTOL = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
 
 
-#: argument types that fx stores in a graph as they are
+#: argument types that fx stores in a graph as they are (and that hold no traced value)
 _PLAIN_ARGS = frozenset({int, float, bool, str, type(None)})
+#: containers that hold nothing when empty (a module's hook tables, mostly)
+_EMPTY_WHEN_FALSE = frozenset({list, tuple, set, frozenset, dict, OrderedDict})
 
 
 def _holds_proxy(v, depth: int = 2) -> bool:
+    if type(v) in _PLAIN_ARGS:
+        return False
     if isinstance(v, fx.Proxy):
         return True
     if depth and isinstance(v, (list, tuple, set, frozenset)):
@@ -50,7 +56,10 @@ def _stored_proxy(model: nn.Module) -> str | None:
     ``'attr' of module 'path'``; None when there is none."""
     for path, m in model.named_modules():
         for k, v in vars(m).items():
-            if k not in _MODULE_STATE and _holds_proxy(v):
+            t = type(v)
+            if t in _PLAIN_ARGS or t in _EMPTY_WHEN_FALSE and not v or k in _MODULE_STATE:
+                continue
+            if _holds_proxy(v):
                 return f"{k!r} of module {path or '<model>'!r}"
     return None
 
@@ -67,11 +76,21 @@ def _autocast_state() -> tuple:
         return torch.is_autocast_cpu_enabled(), torch.is_autocast_enabled()
 
 
+class _ModuleStack(OrderedDict):
+    """The tracer's record of the modules being called, which fx copies for every node it
+    makes (its ``nn_module_stack`` meta): as ``copy.copy`` would, into a plain OrderedDict,
+    without the pickling protocol that copies an OrderedDict five times slower."""
+
+    def __copy__(self):
+        return OrderedDict(self)
+
+
 class _Tracer(fx.Tracer):
     """symbolic tracing that also keeps the caller's ``leaf_modules`` (instances or classes) opaque."""
 
     def __init__(self, leaf_modules=()):
         super().__init__()
+        self.module_stack = _ModuleStack(self.module_stack)
         self.leaf_ids = {id(m) for m in leaf_modules if isinstance(m, nn.Module)}
         self.leaf_types = tuple(m for m in leaf_modules if isinstance(m, type))
         self.autocast_at_start, self.autocast_changed = _autocast_state(), False
@@ -90,13 +109,23 @@ class _Tracer(fx.Tracer):
         return (id(m) in self.leaf_ids or isinstance(m, self.leaf_types)
                 or super().is_leaf_module(m, qualname))
 
+    def release(self) -> None:
+        """Drop everything the tracer holds. torch.fx's patcher leaves it in a reference cycle,
+        which would keep the traced model (and all it holds) for the cyclic garbage collector
+        rather than freeing it once fuse is done with it."""
+        self.__dict__.clear()
+
     def _tables(self):
         """The root's parameter and buffer names by tensor id (the first name of a shared one,
         as fx's searches find it), made once: fx searches them all at every access, which is
         quadratic in model size."""
-        if not hasattr(self, "_names"):
-            self._names = ({id(p): n for n, p in reversed(list(self.root.named_parameters()))},
-                           {id(b): n for n, b in reversed(list(self.root.named_buffers()))})
+        if not hasattr(self, "_names"):  # in the order of named_parameters / named_buffers
+            self._names = params, buffers = {}, {}
+            for path, m in self.root.named_modules():
+                for table, names in ((m._parameters, params), (m._buffers, buffers)):
+                    for k, t in table.items():
+                        if t is not None:
+                            names.setdefault(id(t), f"{path}.{k}" if path else k)
         return self._names
 
     def create_arg(self, a):
@@ -129,18 +158,23 @@ class _Tracer(fx.Tracer):
         return parameter_proxy_cache[name]
 
 
-def trace(model: nn.Module, leaf_modules=(), concrete_args=None) -> fx.GraphModule:
-    """The fx graph of ``model``; a GraphModule is used as it is (re-tracing would rename nodes)."""
+def trace(model: nn.Module, leaf_modules=(), concrete_args=None) -> Traced:
+    """The fx graph of ``model``; a GraphModule's own is used as it is (re-tracing would rename
+    nodes)."""
     if isinstance(model, fx.GraphModule) and not leaf_modules and concrete_args is None:
-        return model
+        return Traced(model, model.graph, rebuilt=False)
     tracer = _Tracer(leaf_modules)
-    graph = tracer.trace(model, concrete_args)
+    try:
+        graph = tracer.trace(model, concrete_args)
+        autocast_changed = tracer.autocast_changed
+    finally:
+        tracer.release()
     leak = _stored_proxy(model)
     if leak:
         raise fx.proxy.TraceError(f"{type(model).__name__}'s forward stores a traced value in "
                                   f"{leak}, outside what it returns: torch.fx does not record "
                                   "that (the graph would not store it)")
-    if tracer.autocast_changed:
+    if autocast_changed:
         raise fx.proxy.TraceError(f"{type(model).__name__}'s forward runs part of itself under "
                                   "torch.autocast, which torch.fx does not record (its graph "
                                   "would compute in other dtypes)")
@@ -150,18 +184,7 @@ def trace(model: nn.Module, leaf_modules=(), concrete_args=None) -> fx.GraphModu
         names = list(inspect.signature(model.forward).parameters)
         for node, name in zip((n for n in graph.nodes if n.op == "placeholder"), names):
             node.target = name
-    return _graph_module(tracer.root, graph, type(model).__name__)
-
-
-def _graph_module(root: nn.Module, graph: fx.Graph, name: str) -> fx.GraphModule:
-    """A GraphModule of ``graph``, only read (never run): its Python code is generated lazily,
-    on first use, where torch can (compiling it is a tenth of the time of ``fuse``)."""
-    try:
-        from torch.fx._lazy_graph_module import _LazyGraphModule, _make_graph_module
-
-        return _make_graph_module(root, graph, name, graph_module_cls=_LazyGraphModule)
-    except (ImportError, TypeError):  # torch < 2.3, or a changed private API
-        return fx.GraphModule(root, graph, name)
+    return Traced(model, graph)
 
 
 def _first_line(e: Exception) -> str:
@@ -298,7 +321,7 @@ def unfusable(model: nn.Module) -> str | None:
     return None
 
 
-def fuse_traced(traced: fx.GraphModule, rules, runs, class_name: str):
+def fuse_traced(traced: Traced, rules, runs, class_name: str):
     """Type, lift, rewrite and lower one traced module; returns ``(GraphModule, Report)``."""
     from ..rewrite import run
 
@@ -310,7 +333,9 @@ def fuse_traced(traced: fx.GraphModule, rules, runs, class_name: str):
     report = run(graph, rules)
     if types.note:
         report.notes.append("note: " + types.note)
-    return lower(graph, traced, class_name), report
+    fused = lower(graph, traced, class_name)
+    graph.clear()
+    return fused, report
 
 
 def fuse_parts(model: nn.Module, rules, leaf_modules=(), calls=None):

@@ -4,8 +4,9 @@
 buffer and attribute copied, what the original shares shared once in the copy -
 at a fraction of its cost: modules are rebuilt from their ``__dict__``, tensors
 are cloned, attributes that cannot change (numbers, strings, tuples of them)
-are kept, empty hook tables are made anew, a class's own ``__setstate__`` gets the
-copied state (as from ``copy.deepcopy``), and only the rest goes through
+are kept, empty hook tables are made anew, sets of strings (the names of
+non-persistent buffers) are copied as sets, a class's own ``__setstate__`` gets
+the copied state (as from ``copy.deepcopy``), and only the rest goes through
 ``copy.deepcopy`` (with the same memo).
 """
 from __future__ import annotations
@@ -17,6 +18,8 @@ import torch
 from torch import nn
 
 _ATOMS = (int, float, bool, str, bytes, type(None), torch.dtype, torch.device, torch.Size)
+#: the exact classes of :data:`_ATOMS`: one set lookup decides most attributes
+_ATOM_TYPES = frozenset(_ATOMS)
 
 
 #: what decides how ``copy.deepcopy`` copies an object: a class that changes one of these
@@ -26,7 +29,10 @@ _PROTOCOL = ("__deepcopy__", "__reduce_ex__", "__reduce__", "__getstate__")
 
 
 def _immutable(v) -> bool:
-    return isinstance(v, _ATOMS) or type(v) is tuple and all(isinstance(x, _ATOMS) for x in v)
+    t = type(v)
+    if t in _ATOM_TYPES:
+        return True
+    return isinstance(v, _ATOMS) or t is tuple and all(isinstance(x, _ATOMS) for x in v)
 
 
 def _copy_tensor(t: torch.Tensor, memo: dict):
@@ -52,6 +58,11 @@ def _copy_value(v, memo: dict):
         return _copy_tensor(v, memo)
     if type(v) is OrderedDict and not v:
         return OrderedDict()
+    if type(v) is set and all(type(x) is str for x in v):  # what copy.deepcopy makes of it
+        if id(v) not in memo:
+            memo[id(v)] = set(v)
+            memo[id(memo)].append(v)
+        return memo[id(v)]
     return copy.deepcopy(v, memo)
 
 

@@ -52,7 +52,9 @@ from torch.nn.utils import parametrize
 from .. import kernel
 from ..ir import OPAQUE, Graph, Node
 from ..kernel import Conv, Refusal
-from .fx_effects import Effects, has_hooks, known_class, signature as _signature
+from .fx_effects import Effects, bind_arguments, has_hooks, known_class
+from .fx_effects import signature as _signature
+from .fx_traced import Traced
 from .fx_types import Types, dtype_name
 
 CONV_NDIM = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}
@@ -140,16 +142,9 @@ def _number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def _getattr_path(root, target: str):
-    for part in target.split("."):
-        root = getattr(root, part)
-    return root
-
-
 class _Lifter:
-    def __init__(self, gm: fx.GraphModule, types: Types, effects: Effects):
-        self.gm, self.types, self.effects = gm, types, effects
-        self.modules = dict(gm.named_modules())
+    def __init__(self, traced: Traced, types: Types, effects: Effects):
+        self.traced, self.types, self.effects = traced, types, effects
         self.constants: dict = {}  # fx node -> its constant value, or None
 
     # --- modules ------------------------------------------------------------------
@@ -276,11 +271,9 @@ class _Lifter:
                 return None
             a, b, alpha = node.args[0], node.args[1], 1
         else:
-            try:
-                bound = sig.bind(*node.args, **node.kwargs)
-            except TypeError:
+            args = bind_arguments(sig, node.args, node.kwargs)
+            if args is None:
                 return None
-            args = {**{k: p.default for k, p in sig.parameters.items()}, **bound.arguments}
             if args["out"] is not None or args.get("rounding_mode") is not None:
                 return None
             a, b, alpha = args["input"], args["other"], args.get("alpha", 1)
@@ -361,7 +354,7 @@ class _Lifter:
 
     def _evaluate(self, c: fx.Node) -> torch.Tensor | None:
         if c.op == "get_attr":
-            t = _getattr_path(self.gm, c.target)
+            t = self.traced.fetch(c.target)
             ok = isinstance(t, torch.Tensor) and t.is_floating_point() and not t.is_quantized \
                 and id(t) not in self.effects.mutated_tensors
             return t if ok else None
@@ -527,7 +520,7 @@ class _Lifter:
         """IR op, attrs and the fx nodes that are its IR inputs, for one fx node."""
         first = [node.args[0]] if node.args else []
         if node.op == "call_module":
-            m = self.modules[node.target]
+            m = self.traced.fetch(node.target)
             lifted, why = self.module(node, m)
             if lifted is not None:
                 return lifted[0], lifted[1], first
@@ -552,7 +545,7 @@ class _Lifter:
     def lift(self) -> Graph:
         graph = Graph()
         ir_of: dict[fx.Node, Node] = {}
-        for node in self.gm.graph.nodes:
+        for node in self.traced.graph.nodes:
             op, attrs, fx_inputs = self.classify(node)
             attrs["fx_inputs"] = fx_inputs
             name = node.target if node.op == "call_module" else node.name
@@ -654,18 +647,13 @@ def _ints(v, n: int) -> tuple | None:
 def _bind(sig: inspect.Signature, node: fx.Node) -> dict | None:
     """The arguments of ``node`` by parameter name, defaults filled in; None if they do not
     bind to ``sig``."""
-    try:
-        bound = sig.bind(*node.args, **node.kwargs)
-    except TypeError:
-        return None
-    bound.apply_defaults()
-    return dict(bound.arguments)
+    return bind_arguments(sig, node.args, node.kwargs)
 
 
 def _nodes(args: dict, keys) -> list:
     return [args[k] for k in keys if isinstance(args[k], fx.Node)]
 
 
-def lift(gm: fx.GraphModule, types: Types, effects: Effects) -> Graph:
-    """The typed IR of ``gm``'s graph; every node keeps its fx node as ``origin``."""
-    return _Lifter(gm, types, effects).lift()
+def lift(traced: Traced, types: Types, effects: Effects) -> Graph:
+    """The typed IR of ``traced``'s graph; every node keeps its fx node as ``origin``."""
+    return _Lifter(traced, types, effects).lift()

@@ -22,6 +22,7 @@ from torch import fx, nn
 from ..ir import Graph, Node
 from ..kernel import Conv
 from .fx_lift import CONV_NDIM, CONV_TRANSPOSE_NDIM
+from .fx_traced import Traced
 
 _CONV_CLASS = {nd: cls for cls, nd in CONV_NDIM.items()}
 _CONV_TRANSPOSE_CLASS = {nd: cls for cls, nd in CONV_TRANSPOSE_NDIM.items()}
@@ -50,12 +51,6 @@ def _tensor(a: np.ndarray, dtype: str, device: str | None) -> torch.Tensor:
     return t if device is None or torch.device(device).type == "cpu" else t.to(device)
 
 
-def _owner(root: nn.Module, target: str) -> tuple[nn.Module, str]:
-    """The module holding the attribute at dotted path ``target``, and the attribute's name."""
-    path, _, leaf = target.rpartition(".")
-    return root.get_submodule(path), leaf
-
-
 def _free_name(name: str, taken: set[str]) -> str:
     """``name`` unless ``taken`` has it; then ``name_1``, ``name_2``, ..."""
     candidate, i = name, 0
@@ -74,31 +69,30 @@ def _flat_names(targets) -> dict[str, str]:
     return names
 
 
-def _collect_targets(source: nn.Module, names: dict[str, str]) -> nn.Module:
-    """A new module holding ``source``'s attributes at the dotted paths of ``names``, each
-    under its (top-level) name there: the very objects (``source`` is the frontend's own
-    copy of the model), so what it shares stays shared. Submodules, parameters and buffers
-    keep their kind."""
+def _collect_targets(source: Traced, names: dict[str, str]) -> nn.Module:
+    """A new module holding the attributes of ``source`` at the dotted paths of ``names``,
+    each under its (top-level) name there: the very objects (``source`` is the frontend's
+    own copy of the model), so what it shares stays shared. Submodules, parameters and
+    buffers keep their kind, as a GraphModule of the trace holds them (see
+    :meth:`Traced.held`)."""
     root = nn.Module()
     for target, name in names.items():
-        owner, leaf = _owner(source, target)
-        value = getattr(owner, leaf)
-        if isinstance(value, nn.Module):
+        value, kind = source.held(target)
+        if kind == "module":
             root.add_module(name, value)
-        elif leaf in owner._buffers:
-            persistent = leaf not in owner._non_persistent_buffers_set
-            root.register_buffer(name, value, persistent=persistent)
-        elif leaf in owner._parameters:
+        elif kind in ("buffer", "non-persistent buffer"):
+            root.register_buffer(name, value, persistent=kind == "buffer")
+        elif kind == "parameter":
             root.register_parameter(name, value)
         else:
             setattr(root, name, value)
     return root
 
 
-def lower(graph: Graph, source: nn.Module, class_name: str) -> fx.GraphModule:
+def lower(graph: Graph, source: Traced, class_name: str) -> fx.GraphModule:
     """Build a GraphModule (in eval mode; its submodules keep their own modes) from ``graph``.
 
-    Nodes with an origin are copied from ``source``'s graph, with the modules and
+    Nodes with an origin are copied from the graph of ``source``, with the modules and
     attributes they use; new nodes get new modules.
     """
     out = fx.Graph()

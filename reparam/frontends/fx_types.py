@@ -1,6 +1,6 @@
 """Types for the torch.fx frontend: shape propagation without data.
 
-:func:`propagate` runs a traced GraphModule node by node on the meta device (or,
+:func:`propagate` runs a traced graph node by node on the meta device (or,
 where that cannot run, on fake tensors: shapes, dtypes and devices, no data, no
 compute; conv, BatchNorm, activation and elementwise calls are not even run,
 their result types follow from torch's size, broadcasting and promotion rules)
@@ -21,6 +21,7 @@ type is folded (the report says why).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import operator
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ import torch.nn.functional as F
 
 from ..ir import TensorType
 from .fx_effects import has_hooks, known_class
+from .fx_traced import Traced
 
 #: module classes whose call fixes the rank of its input (channels: ``in_channels`` or
 #: ``num_features``)
@@ -70,6 +72,7 @@ class Types:
         return sa is not None and sa == sb
 
 
+@functools.lru_cache(maxsize=None)
 def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).rpartition(".")[2]
 
@@ -77,9 +80,14 @@ def dtype_name(dtype: torch.dtype) -> str:
 def _type_of(values, device: str | None) -> TensorType | None:
     """The type of a node's results over the runs (None unless all are plain tensors);
     ``device``: the device of every value, where the runs were on the meta device."""
+    first = values[0]
+    if len(values) == 1:  # the common case, in short
+        if not isinstance(first, torch.Tensor):
+            return None
+        return TensorType(dtype_name(first.dtype), tuple(map(int, first.shape)),
+                          device or str(first.device))
     if not all(isinstance(v, torch.Tensor) for v in values):
         return None
-    first = values[0]
     if any(v.dtype != first.dtype or v.dim() != first.dim() for v in values):
         return None
     shape = tuple(int(d) if all(int(v.shape[k]) == int(d) for v in values) else None
@@ -88,11 +96,12 @@ def _type_of(values, device: str | None) -> TensorType | None:
 
 
 @contextlib.contextmanager
-def _swapped_state(gm: fx.GraphModule, convert):
-    """Every parameter and buffer of ``gm`` replaced by ``convert(tensor)`` for the duration."""
+def _swapped_state(modules, convert):
+    """Every parameter and buffer of ``modules`` replaced by ``convert(tensor)`` for the
+    duration."""
     saved = []
     try:
-        for m in gm.modules():
+        for m in modules:
             for table in (m._parameters, m._buffers):
                 for name, t in table.items():
                     if t is not None:
@@ -166,17 +175,19 @@ def _elementwise_output(target, args, kwargs):
     dtype = torch.result_type(a, b)
     if not dtype.is_floating_point or any(t.device != tensors[0].device for t in tensors):
         return None
-    try:
-        shape = torch.broadcast_shapes(*(t.shape for t in tensors))
-    except RuntimeError:
-        return None
-    return tensors[0].new_empty(shape, dtype=dtype)
+    shapes = [t.shape for t in tensors]
+    if shapes[-1] != shapes[0]:  # (one shape broadcasts to itself)
+        try:
+            shapes[0] = torch.broadcast_shapes(*shapes)
+        except RuntimeError:
+            return None
+    return tensors[0].new_empty(shapes[0], dtype=dtype)
 
 
 class _Recorder(fx.Interpreter):
-    def __init__(self, gm, convert):
-        super().__init__(gm, garbage_collect_values=False)
-        self.convert = convert
+    def __init__(self, traced: Traced, convert):
+        super().__init__(traced.root, garbage_collect_values=False, graph=traced.graph)
+        self.traced, self.convert = traced, convert
         self.converted: dict = {}
 
     def run_node(self, n):
@@ -185,7 +196,7 @@ class _Recorder(fx.Interpreter):
         return getattr(self, n.op)(n.target, args, kwargs)
 
     def call_module(self, target, args, kwargs):
-        m = self.fetch_attr(target)
+        m = self.traced.fetch(target)
         x = args[0] if len(args) == 1 and not kwargs else None
         cls = known_class(type(m), _RULED)
         if isinstance(x, torch.Tensor) and cls is not None and not has_hooks(m) \
@@ -196,14 +207,14 @@ class _Recorder(fx.Interpreter):
                     return out
             elif x.dim() >= 2 and x.is_floating_point() and not getattr(m, "training", False):
                 return x.new_empty(x.shape)
-        return super().call_module(target, args, kwargs)
+        return m(*args, **kwargs)  # as fx's call_module, without fetching the module again
 
     def call_function(self, target, args, kwargs):
         out = _elementwise_output(target, args, kwargs)
         return out if out is not None else super().call_function(target, args, kwargs)
 
     def get_attr(self, target, args, kwargs):
-        value = super().get_attr(target, args, kwargs)
+        value = self.traced.fetch(target)  # the stored tensor, of which convert makes the copy
         if isinstance(value, torch.Tensor) and target not in self.converted:
             self.converted[target] = self.convert(value)
         return self.converted.get(target, value)
@@ -218,12 +229,12 @@ class _Spec:
     device: torch.device
 
 
-def _devices(gm: fx.GraphModule, inputs) -> set:
-    found = {str(t.device) for t in list(gm.parameters()) + list(gm.buffers())}
+def _devices(traced: Traced, inputs) -> set:
+    found = {str(d) for d in {t.device for t in traced.tensors()}}
     return found | {str(x.device) for x in inputs if isinstance(x, (torch.Tensor, _Spec))}
 
 
-def _run(gm: fx.GraphModule, inputs, on_meta: bool, cache: dict) -> dict:
+def _run(traced: Traced, inputs, on_meta: bool, cache: dict) -> dict:
     """Each node's result without data (per placeholder input: a tensor, whose shape, dtype
     and device are used, a :class:`_Spec`, or another value passed as it is): on the meta
     device (cheapest), or on fake tensors, which also model devices and what meta tensors
@@ -251,23 +262,23 @@ def _run(gm: fx.GraphModule, inputs, on_meta: bool, cache: dict) -> dict:
                 return torch.empty(x.shape, dtype=x.dtype, device=x.device)
     args = [make(x) if isinstance(x, _Spec) else convert(x) if isinstance(x, torch.Tensor) else x
             for x in inputs]
-    rec = _Recorder(gm, convert)
-    with _swapped_state(gm, convert), mode, torch.no_grad(), _quiet():
+    rec = _Recorder(traced, convert)
+    with _swapped_state(traced.modules(), convert), mode, torch.no_grad(), _quiet():
         rec.run(*args)
     return rec.env
 
 
-def _run_all(gm: fx.GraphModule, runs) -> tuple[list, str | None]:
+def _run_all(traced: Traced, runs) -> tuple[list, str | None]:
     """The environments of ``runs`` and the one device of every value if the meta device
     ran them (None if fake tensors did)."""
-    devices = set().union(*(_devices(gm, r) for r in runs))
+    devices = set().union(*(_devices(traced, r) for r in runs))
     if len(devices) == 1:
         try:
             cache: dict = {}
-            return [_run(gm, r, True, cache) for r in runs], devices.pop()
+            return [_run(traced, r, True, cache) for r in runs], devices.pop()
         except Exception:  # e.g. a tensor made on the CPU inside the forward: try fake ones
             pass
-    return [_run(gm, r, False, {}) for r in runs], None
+    return [_run(traced, r, False, {}) for r in runs], None
 
 
 @contextlib.contextmanager
@@ -286,7 +297,7 @@ def _quiet():
 _CONV_FUNCTION_RANK = {torch.conv1d: 3, torch.conv2d: 4, torch.conv3d: 5}
 
 
-def _functional_conv_spec(gm: fx.GraphModule, node: fx.Node):
+def _functional_conv_spec(traced: Traced, node: fx.Node):
     """``(rank, channels, dtype, device)`` of the input of ``F.conv*d(x, weight, ...)`` with a
     stored weight and plain groups (a conv module traced as a root is one); else None."""
     rank = _CONV_FUNCTION_RANK.get(node.target)
@@ -296,20 +307,17 @@ def _functional_conv_spec(gm: fx.GraphModule, node: fx.Node):
     groups = node.args[6] if len(node.args) > 6 else node.kwargs.get("groups", 1)
     if not isinstance(w, fx.Node) or w.op != "get_attr" or type(groups) is not int:
         return None
-    weight = gm
-    for part in w.target.split("."):
-        weight = getattr(weight, part, None)
+    weight = traced.fetch(w.target)
     if not isinstance(weight, torch.Tensor) or weight.dim() != rank:
         return None
     return rank, weight.shape[1] * groups, weight.dtype, weight.device
 
 
-def justified_inputs(gm: fx.GraphModule) -> list | str:
+def justified_inputs(traced: Traced) -> list | str:
     """Per placeholder, ``(rank, channels, dtype, device)`` read off the first layer that
     fixes its shape, or a string saying which input could not be justified."""
-    modules = dict(gm.named_modules())
     found = []
-    for p in (n for n in gm.graph.nodes if n.op == "placeholder"):
+    for p in (n for n in traced.graph.nodes if n.op == "placeholder"):
         if p.args:  # a default (e.g. a concrete argument): run with it
             found.append(("default", p.args[0]))
             continue
@@ -323,11 +331,11 @@ def justified_inputs(gm: fx.GraphModule) -> list | str:
                 if u in seen:
                     continue
                 seen.add(u)
-                m = modules.get(u.target) if u.op == "call_module" else None
+                m = traced.fetch(u.target) if u.op == "call_module" else None
                 if not u.args or u.args[0] is not n:
                     continue
                 cls = known_class(type(m), _JUSTIFYING) if m is not None else None
-                conv = _functional_conv_spec(gm, u) if u.op == "call_function" else None
+                conv = _functional_conv_spec(traced, u) if u.op == "call_function" else None
                 if conv is not None:
                     spec = conv
                     break
@@ -368,7 +376,7 @@ def capture_inputs(model: nn.Module, example_inputs) -> dict:
     handles = [m.register_forward_pre_hook(record) for p, m in model.named_modules() if p]
     try:
         fake = [mode.from_tensor(x) if isinstance(x, torch.Tensor) else x for x in example_inputs]
-        with _swapped_state(model, mode.from_tensor), mode, torch.no_grad(), _quiet():
+        with _swapped_state(model.modules(), mode.from_tensor), mode, torch.no_grad(), _quiet():
             model(*fake)
     except Exception:
         return {}
@@ -378,15 +386,15 @@ def capture_inputs(model: nn.Module, example_inputs) -> dict:
     return calls
 
 
-def propagate(gm: fx.GraphModule, runs=None) -> Types:
-    """The types of ``gm``'s values (see the module docstring). ``runs``: input lists to
-    run on (tensors, fake ones included); None: justified inputs."""
-    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+def propagate(traced: Traced, runs=None) -> Types:
+    """The types of the values of ``traced`` (see the module docstring). ``runs``: input lists
+    to run on (tensors, fake ones included); None: justified inputs."""
+    placeholders = [n for n in traced.graph.nodes if n.op == "placeholder"]
     defaults = [p.args[0] if p.args else None for p in placeholders]
     if runs is not None:
         candidates = [[list(r) + defaults[len(r):] for r in runs]]
     else:
-        specs = justified_inputs(gm)
+        specs = justified_inputs(traced)
         if isinstance(specs, str):
             return Types(note=f"no types: {specs}; pass example_inputs to reparam.fuse")
         candidates = [[[s if s is None or s[0] == "default" else
@@ -397,12 +405,12 @@ def propagate(gm: fx.GraphModule, runs=None) -> Types:
     error = None
     for inputs in candidates:
         try:
-            envs, device = _run_all(gm, inputs)
+            envs, device = _run_all(traced, inputs)
         except Exception as e:  # the model does not run at these sizes: try the next
             error = error or e
             continue
         types = Types()
-        for node in gm.graph.nodes:
+        for node in traced.graph.nodes:
             values = [env.get(node) for env in envs]
             types.of[node] = _type_of(values, device)
             if types.of[node] is not None:
