@@ -38,9 +38,9 @@ def bn_kernel(node: Node, ndim: int | None = None) -> Conv | Refusal:
     return kernel.from_bn(a["mean"], a["var"], a["weight"], a["bias"], a["eps"], spatial)
 
 
-def other_users(node: Node, user: Node) -> list[str]:
-    """Names of nodes other than ``user`` that read ``node``."""
-    return sorted({u.name for u in node.data_users if u is not user})
+def other_users(node: Node, *users: Node) -> list[str]:
+    """Names of nodes other than ``users`` that read ``node``."""
+    return sorted({u.name for u in node.data_users if u not in users})
 
 
 def is_inner_add(node: Node) -> bool:
@@ -62,6 +62,25 @@ def add_terms(root: Node) -> list[tuple[Node, float]]:
         else:
             terms.append((i, c))
     return terms
+
+
+def add_tree(root: Node) -> list[Node]:
+    """The Add nodes of the tree under ``root``: ``root`` and the inner Adds :func:`add_terms`
+    expands."""
+    nodes = [root]
+    for i in root.inputs:
+        if i.op == "add" and is_inner_add(i):
+            nodes.extend(add_tree(i))
+    return nodes
+
+
+def combined_terms(root: Node) -> list[tuple[Node, float]]:
+    """:func:`add_terms` with one term per operand, the coefficients of an operand the tree
+    reads more than once summed (``a + x + 2 * a`` is ``3 * a + x``)."""
+    coeffs: dict = {}
+    for n, c in add_terms(root):
+        coeffs[n] = coeffs.get(n, 0.0) + c
+    return list(coeffs.items())
 
 
 def add_leaves(root: Node) -> list[Node]:

@@ -10,8 +10,8 @@ from reparam.ir import PURE_OPS, Node
 from reparam.kernel import Conv, Refusal
 from reparam.rewrite import rule
 
-from .common import (add_terms, conv_kernel, is_inner_add, new_conv, node_cost, other_users,
-                     runs_per_output)
+from .common import (add_tree, combined_terms, conv_kernel, is_inner_add, new_conv, node_cost,
+                     other_users, runs_per_output)
 
 
 @dataclass
@@ -83,14 +83,16 @@ def _nonlinear_branch(leaf, sources, depth: int = 4):
     return None
 
 
-def _merge(branches, root) -> Conv | Refusal:
-    """One conv for a group of branches on one input; or why not."""
+def _merge(branches, tree) -> Conv | Refusal:
+    """One conv for a group of branches on one input (summed by the Adds ``tree``); or why
+    not."""
     for b in branches:
         if not b:
             return b
-        if b.kernel is not None and len(b.leaf.data_users) > 1:
+        outside = other_users(b.leaf, *tree)
+        if b.kernel is not None and outside:
             return Refusal("shared", f"branch {b.leaf.name} output is also read by "
-                                     f"{', '.join(other_users(b.leaf, root))}")
+                                     f"{', '.join(outside)}")
     convs = [b.kernel for b in branches if b.kernel is not None]
     kernels = [b.kernel or kernel.identity(convs[0].in_channels, ndim=convs[0].ndim)
                for b in branches]
@@ -118,13 +120,13 @@ def merge_parallel_branches(graph, add):
     """
     if is_inner_add(add):
         return None
-    terms = add_terms(add)
+    terms, tree = combined_terms(add), add_tree(add)
     groups = branch_groups(terms)
     refusal = None
     for source, branches in groups.items():
         if len(branches) < 2 or all(b and b.kernel is None for b in branches):
             continue
-        merged = _merge(branches, add)
+        merged = _merge(branches, tree)
         if not merged:
             refusal = refusal or merged
             continue

@@ -295,6 +295,21 @@ REGRESSIONS = {
         Op("conv", (8,), conv(2)),
         Op("add", (9, 10))),
     ),
+    # fx (thorough profile): a + x + s1(x) + s2(x) + 2 * a, with a = conv(bn(x)): the sum
+    # read a twice, so merge_parallel_branches refused a as "also read by" the tree's other
+    # Add, and fusing the fused model (a + 2 * a) folded more. Fixed in passes/parallel_add.py:
+    # an operand read twice is one term (coefficients summed); only readers outside the
+    # tree make a branch shared.
+    "operand_read_twice_by_one_sum": Spec(shape=(1, 2, 3, 3), outputs=(8,), ops=(
+        Op("bn", (0,), BN),
+        Op("conv", (1,), conv(2, k=(1, 2), pads=((0, 0), (0, 1)))),
+        Op("affine", (0,), dict(op="mul", shape="c11", const_first=False)),
+        Op("affine", (0,), dict(op="mul", shape="c11", const_first=False)),
+        Op("add", (2, 0)),
+        Op("add", (5, 3)),
+        Op("add", (6, 4)),
+        Op("add", (7, 2), dict(spelling="torch", alpha=2.0))),
+    ),
 }
 
 
