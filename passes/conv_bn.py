@@ -70,14 +70,16 @@ def _second_affine(first, k, second):
 def fold_sum_coefficient(graph, add):
     """A term ``c * conv(X)`` of a weighted sum (``c`` not 1 or -1: ``torch.add(a, b, alpha=c)``
     left after a merge), whose conv nothing else reads, becomes ``conv'(X)`` with ``c`` in its
-    weights and bias: exact, and the sum needs no multiply for it."""
+    weights and bias: exact, and the sum needs no multiply for it. A term ``c * bn(X)`` (a
+    BatchNorm or per-channel affine) becomes the depthwise 1x..x1 conv ``c * bn``, which
+    costs what the affine did."""
     coeffs = add_coeffs(add)
     for i, (term, c) in enumerate(zip(add.inputs, coeffs)):
-        if abs(c) == 1 or term.op != "conv" or len(term.data_users) != 1 or graph.mutated(term) \
-                or shared_values(term):  # weights others read: a scaled copy adds them
-            continue
-        k = conv_kernel(term)
-        if not k or is_zero_pad(k):  # a pad is free; scaled, it would multiply
+        if abs(c) == 1 or term.op not in ("conv", "bn") or len(term.data_users) != 1 \
+                or graph.mutated(term) or shared_values(term):  # (weights others read: a
+            continue                                           # scaled copy adds them)
+        k = conv_kernel(term) if term.op == "conv" else bn_kernel(term)
+        if not k or term.op == "conv" and is_zero_pad(k):  # a pad is free; scaled, it multiplies
             continue
         scaled = new_conv(graph, term.inputs[0], k.replace(weight=c * k.weight, bias=c * k.bias),
                           term, readers=[term], type=term.type, folded=[(term, True)])

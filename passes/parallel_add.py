@@ -10,8 +10,8 @@ from reparam.ir import PURE_OPS, Node
 from reparam.kernel import Conv, Refusal
 from reparam.rewrite import rule
 
-from .common import (add_tree, combined_terms, conv_kernel, is_inner_add, new_conv, node_cost,
-                     other_users, runs_per_output)
+from .common import (add_coeffs, add_tree, combined_terms, conv_kernel, is_inner_add, new_conv,
+                     node_cost, other_users, runs_per_output)
 
 
 @dataclass
@@ -83,9 +83,10 @@ def _nonlinear_branch(leaf, sources, depth: int = 4):
     return None
 
 
-def _merge(branches, tree) -> Conv | Refusal:
+def _merge(branches, tree, multiplies: int) -> Conv | Refusal:
     """One conv for a group of branches on one input (summed by the Adds ``tree``); or why
-    not."""
+    not. ``multiplies``: how many more terms the sum left beside it scales than ``tree`` did
+    (a coefficient of a sub-sum is one multiply, and one per term once the sum is flat)."""
     for b in branches:
         if not b:
             return b
@@ -102,7 +103,7 @@ def _merge(branches, tree) -> Conv | Refusal:
     if not merged:
         return merged
     replaced = sum((b.cost for b in branches), Cost()) + add_cost(merged.out_channels, len(branches))
-    too_costly = guard(conv_cost(merged), replaced)
+    too_costly = guard(conv_cost(merged) + Cost(merged.out_channels * multiplies, 0), replaced)
     return merged if too_costly is None else too_costly
 
 
@@ -126,11 +127,13 @@ def merge_parallel_branches(graph, add):
     for source, branches in groups.items():
         if len(branches) < 2 or all(b and b.kernel is None for b in branches):
             continue
-        merged = _merge(branches, tree)
+        members = {id(b.leaf) for b in branches if b}  # (a refused branch: _merge says why)
+        multiplies = sum(abs(c) != 1 for n, c in terms if id(n) not in members) \
+            - sum(abs(c) != 1 for a in tree for c in add_coeffs(a))
+        merged = _merge(branches, tree, multiplies)
         if not merged:
             refusal = refusal or merged
             continue
-        members = {id(b.leaf) for b in branches}
         main = max((b for b in branches if b.kernel is not None), key=lambda b: b.cost.macs).leaf
         readers = [n for b in branches for n in b.chain] + [add]
         folded = [(n, n is b.leaf) for b in branches for n in b.chain]

@@ -310,6 +310,34 @@ REGRESSIONS = {
         Op("add", (6, 4)),
         Op("add", (7, 2), dict(spelling="torch", alpha=2.0))),
     ),
+    # fx (thorough profile): conv1(x) + x + bn_hooked(conv2(x)) + 2 * (bn(x) * c): merging
+    # conv1 and x flattened the sum, so the 2 scaled two terms; fx lowering wrote each as a
+    # multiply and an add (the model's torch.add(.., alpha=2) is one op): one node more.
+    # Fixed in frontends/fx_lower.py (a scaled term is torch.add with alpha) and
+    # passes/parallel_add.py (the multiplies a flattened sum needs count in the cost guard).
+    "coefficient_of_a_sub_sum": Spec(shape=(1, 2, 3), outputs=(8,), ops=(
+        Op("conv", (0,), conv(2, k=(1,), stride=(1,), dilation=(1,), pads=((0, 0),))),
+        Op("conv", (0,), conv(2, k=(1,), stride=(1,), dilation=(1,), pads=((0, 0),))),
+        Op("bn", (2,), dict(BN, hook="after")),
+        Op("bn", (0,), BN),
+        Op("affine", (4,), dict(op="mul", shape="11111", const_first=False)),
+        Op("add", (1, 0)),
+        Op("sum", (3, 5)),
+        Op("add", (6, 7), dict(spelling="torch", alpha=2.0))),
+    ),
+    # fx (thorough profile): 2 * (c * conv_hooked(x)) + conv(x): the 2 left on the per-channel
+    # Mul after the merge was folded only when the fused model was fused again. Fixed in
+    # passes/conv_bn.py: fold_sum_coefficient also scales an affine (into a depthwise conv).
+    "coefficient_of_an_affine": Spec(shape=(1, 2, 3), outputs=(7,), ops=(
+        Op("conv", (0,), conv(2, k=(1,), stride=(1,), dilation=(1,), pads=((0, 0),))),
+        Op("conv", (0,), conv(2, k=(1,), stride=(1,), dilation=(1,), pads=((0, 0),))),
+        Op("conv", (0,), dict(conv(2, k=(2,), stride=(1,), dilation=(1,), pads=((0, 1),)),
+                              hook="after")),
+        Op("affine", (3,), dict(op="mul", shape="c11", const_first=True)),
+        Op("add", (0, 4), dict(spelling="torch", alpha=2.0)),
+        Op("add", (1, 2)),
+        Op("add", (6, 5))),
+    ),
 }
 
 

@@ -112,26 +112,35 @@ def lower(graph: Graph, source: Traced, class_name: str) -> fx.GraphModule:
             value[node] = _emit_group_norm(out, node, value[node.inputs[0]], root, taken)
         elif node.op == "conv_transpose":
             value[node] = _emit_conv_transpose(out, node, value[node.inputs[0]], root, taken)
-        elif node.op == "add":  # sum(c_i * x_i): + and - for coefficients 1 and -1
-            coeffs = node.attrs.get("coeffs") or (1.0,) * len(node.inputs)
-
-            def scaled(v, c):
-                if c == 1:
-                    return v
-                return out.call_function(operator.neg, (v,)) if c == -1 else \
-                    out.call_function(operator.mul, (v, float(c)))
-
-            acc = scaled(value[node.inputs[0]], coeffs[0])
-            for c, i in zip(coeffs[1:], node.inputs[1:]):
-                acc = out.call_function(operator.sub, (acc, value[i])) if c == -1 else \
-                    out.call_function(operator.add, (acc, scaled(value[i], c)))
-            value[node] = acc
+        elif node.op == "add":
+            value[node] = _emit_sum(out, [value[i] for i in node.inputs],
+                                    node.attrs.get("coeffs") or (1.0,) * len(node.inputs))
         else:
             raise NotImplementedError(f"cannot lower new node {node}")
     out.lint()
     gm = fx.GraphModule(root, out, class_name=class_name)
     gm.training = False  # not .eval(): a module the frontend kept in training mode stays so
     return gm
+
+
+def _emit_sum(out: fx.Graph, values: list, coeffs) -> fx.Node:
+    """``sum(c_i * v_i)``, one node per term after the first: ``+`` and ``-`` for coefficients
+    1 and -1, ``torch.add(acc, v, alpha=c)`` for others (one op, as the sum a model writes
+    with ``alpha`` is); a term of coefficient 1, if any, first (it needs no multiply)."""
+    terms = sorted(zip(coeffs, values), key=lambda t: t[0] != 1)  # (stable)
+    (c0, acc), rest = terms[0], terms[1:]
+    if c0 == -1:
+        acc = out.call_function(operator.neg, (acc,))
+    elif c0 != 1:
+        acc = out.call_function(operator.mul, (acc, float(c0)))
+    for c, v in rest:
+        if c == 1:
+            acc = out.call_function(operator.add, (acc, v))
+        elif c == -1:
+            acc = out.call_function(operator.sub, (acc, v))
+        else:
+            acc = out.call_function(torch.add, (acc, v), {"alpha": float(c)})
+    return acc
 
 
 def _emit_conv_transpose(out: fx.Graph, node: Node, x: fx.Node, root: nn.Module,
