@@ -50,8 +50,8 @@ def pure_assignments(graph: fx.Graph, types, effects) -> int:
 
     That holds when ``a`` is a floating-point tensor the graph computes (it may alias
     other values the graph computes, as an Identity's output does, but no input, parameter
-    or buffer), nothing else changes ``a`` or anything that may alias it in place, nothing
-    reads them after the assignment, and ``a op b`` has ``a``'s dtype and shape (``types``, ``effects``: see
+    or buffer), nothing reads ``a`` or anything that may alias it after the assignment
+    (nor changes them in place, which reads them), and ``a op b`` has ``a``'s dtype and shape (``types``, ``effects``: see
     :mod:`reparam.frontends.fx_types` and :func:`reparam.frontends.fx_effects.analyse`).
     """
     nodes = list(graph.nodes)
@@ -85,8 +85,7 @@ def _invisible(a, b, n, nodes, position, types, effects) -> bool:
             continue
         if any(i in shared for i in effects.aliases.get(m, ())):
             shared.add(m)
-        if any(i in shared for i in effects.mutates.get(m, ())):
-            return False  # something else changes it in place
+        # (a change in place before n is seen by a + b as by a += b; one after n reads them)
         if position[m] > position[n] and any(i in shared for i in m.all_input_nodes):
             return False  # read after the assignment: it would see the old value
     return True
