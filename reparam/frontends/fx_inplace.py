@@ -97,16 +97,15 @@ _CALLS = ("call_module", "call_function", "call_method")
 def _same_type(a, b, n, types) -> bool:
     """``a op b`` has the type of ``a`` (which the in-place result ``n`` keeps)."""
     ta, tn = types.get(a), types.get(n)
-    if ta is None or ta != tn or ta.shape is None or not torch.empty((), dtype=getattr(
-            torch, ta.dtype)).is_floating_point():
+    if ta is None or ta != tn or ta.shape is None or not getattr(torch, ta.dtype).is_floating_point:
         return False
     if isinstance(b, (int, float, bool)):
         return True
     tb = types.get(b) if isinstance(b, fx.Node) else None
     if tb is None or tb.shape is None or len(tb.shape) > len(ta.shape):
         return False
-    if torch.promote_types(getattr(torch, ta.dtype), getattr(torch, tb.dtype)) \
-            != getattr(torch, ta.dtype):
+    dtype = getattr(torch, ta.dtype)
+    if torch.promote_types(dtype, getattr(torch, tb.dtype)) != dtype:
         return False
     return all(db == 1 or (isinstance(db, int) and db == da)
                for da, db in zip(ta.shape[::-1], tb.shape[::-1]))
