@@ -61,14 +61,14 @@ def pure_assignments(graph: fx.Graph, types, effects) -> int:
         if n.op != "call_function" or n.target not in _PURE or len(n.args) != 2 or n.kwargs:
             continue
         a, b = n.args
-        if _invisible(a, b, n, nodes, position, types, effects):
+        if _invisible(a, b, n, position, types, effects):
             n.target = _PURE[n.target]
             effects.aliases[n], effects.mutates[n] = [], []  # a fresh value, as a + b is
             replaced += 1  # (so that out += c1(x); out += c2(x) sums as a chain of Adds)
     return replaced
 
 
-def _invisible(a, b, n, nodes, position, types, effects) -> bool:
+def _invisible(a, b, n, position, types, effects) -> bool:
     """Whether changing ``a`` in place at ``n`` is invisible (see :func:`pure_assignments`)."""
     if not isinstance(a, fx.Node) or not _same_type(a, b, n, types):
         return False
@@ -80,14 +80,18 @@ def _invisible(a, b, n, nodes, position, types, effects) -> bool:
                 return False  # an input, parameter or buffer, or of unknown effects
             shared.add(m)
             stack.extend(effects.aliases[m])
-    for m in nodes[min(position[m] for m in shared) + 1:]:  # ... and what may alias those
-        if m is n:
-            continue
-        if any(i in shared for i in effects.aliases.get(m, ())):
-            shared.add(m)
-        # (a change in place before n is seen by a + b as by a += b; one after n reads them)
-        if position[m] > position[n] and any(i in shared for i in m.all_input_nodes):
-            return False  # read after the assignment: it would see the old value
+    stack = list(shared)  # ... and what may alias those (their users that alias them)
+    while stack:
+        s = stack.pop()
+        for m in s.users:
+            if m is n:
+                continue
+            # (a change in place before n is seen by a + b as by a += b; one after n reads them)
+            if position[m] > position[n]:
+                return False  # read after the assignment: it would see the old value
+            if m not in shared and s in effects.aliases.get(m, ()):
+                shared.add(m)
+                stack.append(m)
     return True
 
 
