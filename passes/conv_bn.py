@@ -81,7 +81,7 @@ def fold_sum_coefficient(graph, add):
         k = conv_kernel(term) if term.op == "conv" else bn_kernel(term)
         if not k or term.op == "conv" and is_zero_pad(k):  # a pad is free; scaled, it multiplies
             continue
-        scaled = new_conv(graph, term.inputs[0], k.replace(weight=c * k.weight, bias=c * k.bias),
+        scaled = new_conv(graph, term.inputs[0], kernel.scale(k, c),
                           term, readers=[term], type=term.type, folded=[(term, True)])
         rest = coeffs[:i] + (1.0,) + coeffs[i + 1:]
         attrs = {"coeffs": rest} if any(v != 1 for v in rest) else {}

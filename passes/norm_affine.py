@@ -1,6 +1,8 @@
 """A per-channel affine after a GroupNorm -> the GroupNorm's own affine."""
 from __future__ import annotations
 
+import numpy as np
+
 from reparam.kernel import Refusal
 from reparam.rewrite import rule
 
@@ -20,7 +22,7 @@ def _channel_affine(node):
             return None
     else:
         return None
-    return k if not k else (k.weight.reshape(-1), k.bias)
+    return k if not k else (k.weight.reshape(-1).astype(np.float64), k.bias)
 
 
 @rule("bn", "conv")

@@ -97,8 +97,7 @@ def _merge(branches, tree, multiplies: int) -> Conv | Refusal:
     convs = [b.kernel for b in branches if b.kernel is not None]
     kernels = [b.kernel or kernel.identity(convs[0].in_channels, ndim=convs[0].ndim)
                for b in branches]
-    merged = kernel.add(*(k if b.coeff == 1 else k.replace(weight=b.coeff * k.weight,
-                                                            bias=b.coeff * k.bias)
+    merged = kernel.add(*(k if b.coeff == 1 else kernel.scale(k, b.coeff)
                           for k, b in zip(kernels, branches)))
     if not merged:
         return merged

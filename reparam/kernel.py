@@ -30,7 +30,7 @@ import numpy as np
 __all__ = [
     "Conv", "Refusal", "KINDS", "from_bn", "identity", "avgpool", "pad", "pad_to",
     "add", "compose", "composed_shape", "scale_channels", "regroup", "undilate",
-    "ConvTranspose", "scale_outputs",
+    "ConvTranspose", "scale_outputs", "scale", "NARROW",
 ]
 
 
@@ -84,6 +84,17 @@ class Refusal:
         return False
 
 
+#: weight dtypes a :class:`Conv` keeps as they are (float64 holds each of their values exactly)
+NARROW = (np.dtype(np.float32), np.dtype(np.float16))
+
+
+def _wide(conv: "Conv") -> "Conv":
+    """``conv`` with a float64 weight (a copy when it holds a :data:`NARROW` one)."""
+    if conv.weight.dtype == np.float64:
+        return conv
+    return conv.replace(weight=conv.weight.astype(np.float64))
+
+
 @dataclass(frozen=True, eq=False)
 class Conv:
     """A convolution in canonical form (see module docstring).
@@ -91,6 +102,12 @@ class Conv:
     ``weight`` has shape ``(out, in/groups, *kernel)``; ``bias`` shape ``(out,)``;
     ``stride``, ``dilation`` and ``pads`` have one entry per spatial dimension,
     ``pads[k] = (begin, end)`` zero padding.
+
+    ``bias`` is float64; ``weight`` too, except that a float32 or float16 array is kept as
+    it is given (:data:`NARROW`: e.g. a read-only view of a model file's pages, which
+    a float64 copy of every weight of a large model would double): every operation
+    here computes with it in float64 (converting float32 or float16 to float64 is
+    exact), so its results are the same, bit for bit, as with a float64 copy.
     """
 
     weight: np.ndarray
@@ -101,7 +118,9 @@ class Conv:
     groups: int = 1
 
     def __post_init__(self):
-        w = np.asarray(self.weight, dtype=np.float64)
+        w = self.weight
+        if not (isinstance(w, np.ndarray) and w.dtype in NARROW):
+            w = np.asarray(w, dtype=np.float64)
         b = np.asarray(self.bias, dtype=np.float64).reshape(-1)
         object.__setattr__(self, "weight", w)
         object.__setattr__(self, "bias", b)
@@ -222,6 +241,11 @@ def avgpool(channels: int, kernel, stride=None, pads=None, count_include_pad: bo
                                "so border windows are not a fixed kernel")
     w = np.full((channels, 1) + kernel, 1.0 / math.prod(kernel))
     return Conv(w, np.zeros(channels), stride, pads, (1,) * nd, groups=channels)
+
+
+def scale(conv: Conv, c: float) -> Conv:
+    """``c * conv(x)``: weights and bias times ``c``, in float64. Always exact (up to rounding)."""
+    return conv.replace(weight=np.multiply(conv.weight, c, dtype=np.float64), bias=c * conv.bias)
 
 
 def pad(conv: Conv, extra: tuple[tuple[int, int], ...]) -> Conv:
@@ -375,12 +399,13 @@ def compose(first: Conv, second: Conv) -> Conv | Refusal:
             return Refusal("padding", "first conv's bias would leak through the second conv's zero padding")
     nd = first.ndim
     if _is_channel_scale(second):  # the common conv -> BN case: scale output channels
-        a = second.weight.reshape(-1)
+        a = second.weight.reshape(-1).astype(np.float64)
         shape = (-1,) + (1,) * (first.weight.ndim - 1)
-        return first.replace(weight=first.weight * a.reshape(shape), bias=first.bias * a + second.bias)
+        return first.replace(weight=np.multiply(first.weight, a.reshape(shape), dtype=np.float64),
+                             bias=first.bias * a + second.bias)
     grid, step2, size, groups = _composed_grid(first, second)
     s1, d1 = first.stride, first.dilation
-    a, b = first, second
+    a, b = _wide(first), _wide(second)
     if a.groups != groups and b.groups != groups:  # neither is the coarser: expand first
         a = regroup(a, groups)
     k1, k2 = a.kernel_size, b.kernel_size
@@ -461,7 +486,7 @@ def _is_channel_scale(conv: Conv) -> bool:
 
 def _apply_to_constant(conv: Conv, value: np.ndarray) -> np.ndarray:
     """Weights of ``conv`` applied (no bias) to a spatially constant input ``value`` per channel."""
-    taps = conv.weight.sum(axis=tuple(range(2, conv.weight.ndim)))  # (O, ipg)
+    taps = conv.weight.sum(axis=tuple(range(2, conv.weight.ndim)), dtype=np.float64)  # (O, ipg)
     opg = conv.out_channels // conv.groups
     ipg = conv.weight.shape[1]
     out = np.empty(conv.out_channels)

@@ -450,3 +450,77 @@ def test_no_mutation(single, chain, branches):
     K.compose(conv, K.identity(conv.out_channels, ndim=nd))
     K.compose(K.identity(conv.in_channels, ndim=nd), conv)
     assert unchanged(before, *everything)
+
+
+# --- narrow (float32 / float16) weights compute as their float64 copies ------------------
+
+def held_narrow(conv: Conv, dtype) -> Conv:
+    """``conv`` with its weight rounded to ``dtype`` and held so: read-only, as a view of a
+    model file's pages is."""
+    w = conv.weight.astype(dtype)
+    w.flags.writeable = False
+    held = conv.replace(weight=w)
+    assert held.weight is w  # kept as it is, not copied
+    return held
+
+
+def widened(conv: Conv) -> Conv:
+    """The same conv with a float64 copy of its weight."""
+    return conv.replace(weight=conv.weight.astype(np.float64))
+
+
+def assert_same_result(narrow, wide) -> None:
+    """``narrow`` (an operation on narrow-weight convs) equals ``wide`` (the operation on their
+    float64 copies) bit for bit, or both refuse for the same reason."""
+    if isinstance(wide, Refusal):
+        assert narrow == wide
+        return
+    assert np.array_equal(narrow.weight.astype(np.float64), wide.weight)
+    assert narrow.bias.dtype == np.float64 and np.array_equal(narrow.bias, wide.bias)
+    assert (narrow.stride, narrow.pads, narrow.dilation, narrow.groups) == \
+        (wide.stride, wide.pads, wide.dilation, wide.groups)
+
+
+NARROW_DTYPES = st.sampled_from([np.float32, np.float16])
+
+
+@given(conv_and_input(), same_reach_branches(), NARROW_DTYPES, st.floats(-3, 3), st.data())
+def test_narrow_weights_reshape_and_add_as_float64(single, branches, dtype, c, data):
+    conv, _ = single
+    branches, _ = branches
+    n = held_narrow(conv, dtype)
+    w = widened(n)
+    nd = conv.ndim
+    extra = tuple((data.draw(st.integers(0, 2)), data.draw(st.integers(0, 2))) for _ in range(nd))
+    assert_same_result(K.pad(n, extra), K.pad(w, extra))
+    grown = tuple(k + 2 for k in conv.kernel_size)
+    assert_same_result(K.pad_to(n, grown), K.pad_to(w, grown))
+    assert_same_result(K.undilate(n, (1,) * nd), K.undilate(w, (1,) * nd))
+    assert_same_result(K.regroup(n, 1), K.regroup(w, 1))
+    scaled = K.scale(n, c)
+    assert scaled.weight.dtype == np.float64  # a product is computed in float64
+    assert_same_result(scaled, K.scale(w, c))
+    mixed = [held_narrow(b, dtype) if data.draw(st.booleans()) else b for b in branches]
+    total = K.add(*mixed)
+    assert_same_result(total, K.add(*(widened(b) for b in mixed)))
+    if total:
+        assert total.weight.dtype == np.float64
+
+
+@given(compose_chain(), NARROW_DTYPES, st.booleans(), st.booleans())
+def test_narrow_weights_compose_as_float64(chain, dtype, narrow_first, narrow_second):
+    """Composition (the general case and the channel-scale case of conv -> BatchNorm): the
+    products of two narrow weights are taken in float64, not in their own dtype."""
+    first, second, _ = chain
+    rng = np.random.default_rng(0)
+    a = held_narrow(first, dtype) if narrow_first else first
+    b = held_narrow(second, dtype) if narrow_second else second
+    composed = K.compose(a, b)
+    assert_same_result(composed, K.compose(widened(a), widened(b)))
+    if composed:
+        assert composed.weight.dtype == np.float64
+    scale = K.scale_channels(rng.standard_normal(first.out_channels),
+                             rng.standard_normal(first.out_channels), ndim=first.ndim)
+    s = held_narrow(scale, dtype) if narrow_second else scale
+    assert_same_result(K.compose(a, s), K.compose(widened(a), widened(s)))
+    assert K.compose(a, s).weight.dtype == np.float64

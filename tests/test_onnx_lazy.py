@@ -162,3 +162,23 @@ def test_check_of_a_light_model_passes_exact_folds_and_refuses_a_wrong_one(
     assert cli.main([path, str(tmp_path / "b.onnx"), "-q"]) == 1
     err = capsys.readouterr().err
     assert "verification failed" in err and "block" in err and not (tmp_path / "b.onnx").exists()
+
+
+def test_lifted_weights_of_a_light_model_are_views_of_the_file(exported, small_model_is_large):
+    """Lifting a light model copies no large conv weight: each conv's kernel holds its float32
+    weight as a read-only view of the file's pages (folds compute in float64 from it, see
+    kernel.Conv), not a float64 copy, which would double a large model in memory."""
+    import mmap
+
+    from reparam.frontends.onnx_lift import lift
+
+    light, _ = O.load(exported("torchscript", 0.5))
+    lifted = lift(light)
+    large = [n.attrs["kernel"].weight for n in lifted.graph.nodes if n.op == "conv"
+             and n.attrs["kernel"].ndim and n.attrs["kernel"].weight.nbytes > O.SMALL_INITIALIZER]
+    assert len(large) > 10
+    for w in large:
+        base = w
+        while isinstance(base, (np.ndarray, memoryview)):
+            base = base.base if isinstance(base, np.ndarray) else base.obj
+        assert w.dtype == np.float32 and not w.flags.writeable and isinstance(base, mmap.mmap)

@@ -27,9 +27,11 @@ anything else          opaque (``op`` is the op type)
 
 "Constant" means an initializer, a ``Constant`` node, or a small subgraph of
 those (plus ``Shape``/``CastLike`` of tensors whose shape/type is static), as
-the torch.export exporter writes conv biases. Each lifted kernel owns a fresh
-float64 copy of its weights, so folding never touches a tensor another node
-shares. Operands that are computed tensors become IR inputs; constants do not.
+the torch.export exporter writes conv biases. A lifted Conv holds its weight as
+read (a float32 or float16 one as it is, for a light model a read-only view of
+the file, see :class:`reparam.kernel.Conv`; others as float64 copies): nothing
+changes a weight in place, so kernels that share one never see each other's
+folds. Operands that are computed tensors become IR inputs; constants do not.
 A node with several outputs is one opaque IR node plus one opaque projection
 node per output, so only single-output nodes can ever be folded.
 
@@ -445,7 +447,7 @@ class _Lifter:
             return self._keep(node, pads)
         bias = np.zeros(wv.shape[0]) if bv is None else np.array(bv, dtype=np.float64).reshape(-1)
         try:
-            conv = Conv(np.array(wv, dtype=np.float64, copy=True), bias, stride, pads, dil, group)
+            conv = Conv(wv, bias, stride, pads, dil, group)  # float32/16 as read (see Conv)
         except ValueError as e:
             raise BadInputError(f"Conv {node.name!r}: {e}") from e
         return "conv", {"kernel": conv}, (0,)
