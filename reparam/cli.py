@@ -222,8 +222,9 @@ def _run(args, out, shapes, checks, progress) -> int:
 
         feeds = random_inputs(original, checks, shapes, seed=args.seed)  # bad shapes fail early
     blocks: list = []
+    held: dict = {}  # the new weights' bytes, written as they are (see fuse_model)
     fused, report = fuse_model(original, default_rules(), progress=progress, what=args.input,
-                               validated=True, blocks=blocks)
+                               validated=True, blocks=blocks, held=held)
     del original  # the check reads IN itself: a large model is held in memory once, not twice
     # written beside OUT first, so that onnxruntime checks the file itself; moved to OUT
     # once it passes, deleted otherwise
@@ -236,10 +237,10 @@ def _run(args, out, shapes, checks, progress) -> int:
         staged = os.path.join(staging, base)
         progress("writing")
         try:
-            save(fused, staged, external=True if external else None)
+            save(fused, staged, external=True if external else None, held=held)
         except OSError as e:
             raise BadInputError(f"cannot write {out}: {e.strerror or e}") from e
-        del fused
+        del fused, held
         release_freed_memory()  # before onnxruntime loads the models: the fused one is written
         out_external = os.path.exists(staged + ".data")
         check = None

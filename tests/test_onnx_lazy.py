@@ -182,3 +182,34 @@ def test_lifted_weights_of_a_light_model_are_views_of_the_file(exported, small_m
         while isinstance(base, (np.ndarray, memoryview)):
             base = base.base if isinstance(base, np.ndarray) else base.obj
         assert w.dtype == np.float32 and not w.flags.writeable and isinstance(base, mmap.mmap)
+
+
+@pytest.mark.parametrize("light", [False, True])
+def test_held_weights_are_written_as_onnx_save_writes_them(exported, tmp_path, monkeypatch, light):
+    """The CLI's path: the fused model's new weights (and a light model's weights it keeps)
+    stay out of the proto, held as arrays, and save writes their bytes as they are: the
+    file is byte for byte onnx.save's of the model reparam.fuse returns (streamed, and
+    with external data)."""
+    path = exported("torchscript", 0.5)
+    if light:
+        monkeypatch.setattr(O, "LAZY_FILE_BYTES", 0)
+    model, _ = O.load(path)
+    held: dict = {}
+    fused, report = O.fuse_model(model, default_rules(), validated=True, held=held)
+    assert report.fired and len(held) > 10
+    kept_lazy = [t.name for t in model.graph.initializer if onnx_file.is_lazy(t)
+                 and t.name in held]
+    assert bool(kept_lazy) == light  # kept weights of a light model are held too
+    for t in fused.graph.initializer:
+        assert onnx_file.is_held(t) == (t.name in held)
+        assert not (onnx_file.is_held(t) and t.raw_data)  # the bytes are not in the proto
+    O.save(fused, tmp_path / "a.onnx", held=held)
+    expected = reparam.fuse(onnx.load(path))
+    onnx.save(expected, tmp_path / "b.onnx")
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+    O.save(fused, tmp_path / "c.onnx", external=True, held=held)
+    back = onnx.load(tmp_path / "c.onnx")
+    assert [t.name for t in back.graph.initializer] == [t.name for t in expected.graph.initializer]
+    for t, u in zip(back.graph.initializer, expected.graph.initializer):
+        np.testing.assert_array_equal(onnx.numpy_helper.to_array(t), onnx.numpy_helper.to_array(u))
+    assert all(onnx_file.is_held(t) for t in fused.graph.initializer if t.name in held)  # unchanged

@@ -243,8 +243,8 @@ def test_a_corrupted_fold_is_refused_and_named(capsys, tmp_path, monkeypatch):
 
     real = onnx_lower._add_initializer
 
-    def shifted(graph, name, array):
-        real(graph, name, array + 3e-5 if name.endswith(".bias") else array)
+    def shifted(graph, name, array, held):
+        return real(graph, name, array + 3e-5 if name.endswith(".bias") else array, held)
 
     monkeypatch.setattr(onnx_lower, "_add_initializer", shifted)
     c = 4

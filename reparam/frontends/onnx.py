@@ -73,17 +73,22 @@ def load(path) -> tuple[onnx.ModelProto, bool]:
     return model, external
 
 
-def save(model: onnx.ModelProto, path, external: bool | None = None) -> None:
+def save(model: onnx.ModelProto, path, external: bool | None = None,
+         held: dict | None = None) -> None:
     """Write ``model`` to ``path`` atomically (temporary file in the same folder, then rename).
 
     Tensor data goes to ``<name>.data`` beside it when ``external`` is true, or
     when ``external`` is None and the model would not fit in one protobuf.
-    Nothing is left at ``path`` (or beside it) when writing fails.
+    ``held``: the bytes of the model's held initializers by name (see
+    :func:`fuse_model`), written from there. Nothing is left at ``path`` (or
+    beside it) when writing fails.
     """
     path = os.path.abspath(os.fspath(path))
     folder, base = os.path.split(path)
+    held = held or {}
     if external is None:
-        external = data_size(model) >= PROTOBUF_LIMIT - (1 << 24)
+        size = data_size(model) + sum(memoryview(d).nbytes for d in held.values())
+        external = size >= PROTOBUF_LIMIT - (1 << 24)
     tmpdir = tempfile.mkdtemp(prefix=".reparam-", dir=folder)
     try:
         tmp = os.path.join(tmpdir, base)
@@ -91,6 +96,9 @@ def save(model: onnx.ModelProto, path, external: bool | None = None) -> None:
         if external:
             work = onnx.ModelProto()
             work.CopyFrom(model)  # marking tensors external rewrites the proto
+            for t in work.graph.initializer:
+                if onnx_file.is_held(t):
+                    onnx_file.fill(t, held[t.name])
             # (not save_as_external_data=True: it refuses when a file named like the data
             # file lies in the current directory, whatever the folder it writes to)
             for t in _initializers(work.graph):
@@ -99,8 +107,8 @@ def save(model: onnx.ModelProto, path, external: bool | None = None) -> None:
             onnx.save(work, tmp)  # writes the marked tensors to data_name beside tmp
             if os.path.exists(os.path.join(tmpdir, data_name)):
                 os.replace(os.path.join(tmpdir, data_name), os.path.join(folder, data_name))
-        elif _element_bytes(model) >= LAZY_FILE_BYTES:
-            _save_streamed(model, tmp)
+        elif held or _element_bytes(model) >= LAZY_FILE_BYTES:
+            _save_streamed(model, tmp, held)
         else:
             onnx.save(model, tmp)
         os.replace(tmp, path)
@@ -124,6 +132,10 @@ def _element_bytes(model: onnx.ModelProto) -> int:
     return sum(math.prod(t.dims) for t in model.graph.initializer) * 4
 
 
+def _nbytes(data) -> int:
+    return memoryview(data).nbytes
+
+
 def _varint(n: int) -> bytes:
     out = bytearray()
     while True:
@@ -133,15 +145,18 @@ def _varint(n: int) -> bytes:
             return bytes(out)
 
 
-def _save_streamed(model: onnx.ModelProto, path) -> None:
+def _save_streamed(model: onnx.ModelProto, path, held: dict | None = None) -> None:
     """``onnx.save(model, path)``, byte for byte, serializing one initializer at a time.
 
     Serializing a whole model holds it twice more (protobuf's buffer and the
     Python bytes); here the fields around the graph's initializers are
     serialized apart and each initializer is written as it is serialized, in
     protobuf's field order (ModelProto.graph is field 7, GraphProto.initializer
-    field 5).
+    field 5). A held initializer (its bytes in ``held``, see
+    :func:`reparam.frontends.onnx_file.hold`) is written as it would be filled: its
+    other fields serialized around its bytes, which are written as they are.
     """
+    held = held or {}
     head, tail, ghead, gtail = onnx.ModelProto(), onnx.ModelProto(), onnx.GraphProto(), onnx.GraphProto()
     for fd, val in model.ListFields():
         if fd.number != 7:
@@ -150,14 +165,23 @@ def _save_streamed(model: onnx.ModelProto, path) -> None:
         if fd.number != 5:
             copy_fields_into(ghead if fd.number < 5 else gtail, fd, val)
     inits = model.graph.initializer
-    sizes = [onnx_file.tensor_size(t) for t in inits]
+    pieces = [onnx_file.held_pieces(t) if onnx_file.is_held(t) else None for t in inits]
+    sizes = [onnx_file.tensor_size(t) if p is None else
+             len(p[0]) + 1 + len(_varint(_nbytes(held[t.name]))) + _nbytes(held[t.name]) + len(p[1])
+             for t, p in zip(inits, pieces)]
     first, last = ghead.SerializeToString(), gtail.SerializeToString()
     graph_len = len(first) + len(last) + sum(1 + len(_varint(n)) + n for n in sizes)
     with open(path, "wb") as f:
         f.write(head.SerializeToString())
         if model.HasField("graph"):
             f.write(b"\x3a" + _varint(graph_len) + first)  # field 7, length-delimited
-            for t, n in zip(inits, sizes):
+            for t, n, p in zip(inits, sizes, pieces):
+                if p is not None:  # held: (fields before raw_data, raw_data, fields after)
+                    data = held[t.name]
+                    f.write(b"\x2a" + _varint(n) + p[0] + b"\x4a" + _varint(_nbytes(data)))
+                    f.write(memoryview(data).cast("B"))
+                    f.write(p[1])
+                    continue
                 data = t.SerializeToString()
                 if len(data) != n:  # (raw_data of another length than its dims say)
                     raise BadInputError(f"initializer {t.name!r}: {len(data)} bytes where its "
@@ -177,13 +201,17 @@ def op_counts(model: onnx.ModelProto) -> Counter:
 
 
 def fuse_model(model: onnx.ModelProto, rules, *, progress=None, what: str = "model",
-               validated: bool = False, blocks: list | None = None):
+               validated: bool = False, blocks: list | None = None, held: dict | None = None):
     """Fold ``model`` (not modified) with ``rules``; returns ``(ModelProto, Report)``.
 
     The report's ``before``/``after`` are ONNX operator counts. ``validated``:
     the model came from :func:`load`, which already checked it. ``blocks``, a list,
     receives the values the fused model computes anew
-    (:class:`~reparam.frontends.onnx_lower.Block`), for the check.
+    (:class:`~reparam.frontends.onnx_lower.Block`), for the check. ``held``, a dict:
+    the fused model's new initializers (and a light model's weights it keeps) are held
+    there, not in the proto (see :func:`reparam.frontends.onnx_file.hold`): such a model
+    is only for :func:`save` with the same ``held``, which writes each weight's bytes as
+    they are instead of copying them three times.
     """
     from ..rewrite import run
 
@@ -201,7 +229,7 @@ def fuse_model(model: onnx.ModelProto, rules, *, progress=None, what: str = "mod
     say("rewriting")
     report = run(lifted.graph, rules)
     say("lowering")
-    fused = lower(lifted, release=True, blocks=blocks)
+    fused = lower(lifted, release=True, blocks=blocks, held=held)
     for n in lifted.graph.nodes:  # the IR is cyclic (inputs <-> users): let its float64
         n.attrs.clear()           # weights go now, not at the next garbage collection
     report.before, report.after = op_counts(original), op_counts(fused)

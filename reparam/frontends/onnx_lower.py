@@ -182,24 +182,40 @@ def _bypass_noops(nodes, outputs) -> list:
     return kept
 
 
-def _add_initializer(graph, name: str, array: np.ndarray) -> onnx.TensorProto:
+def _add_initializer(graph, name: str, array: np.ndarray, held: dict | None) -> onnx.TensorProto:
     """``numpy_helper.from_array(array, name)`` built in ``graph`` itself (a TensorProto
-    appended to a graph is copied: a large weight would be in memory twice); ``array``
+    appended to a graph is copied: a large weight would be in memory twice), or held
+    (``held`` given, see :func:`reparam.frontends.onnx_file.hold`); ``array``
     little-endian and contiguous."""
     t = graph.initializer.add()
     t.name = name
     t.dims.extend(array.shape)
     t.data_type = helper.np_dtype_to_tensor_dtype(array.dtype)
-    t.raw_data = array.tobytes()
+    if held is None:
+        t.raw_data = array.tobytes()
+    else:
+        onnx_file.hold(t, array, held)
     return t
 
 
-def lower(lifted: Lifted, release: bool = False, blocks: list | None = None) -> onnx.ModelProto:
+def _same_bytes(t: onnx.TensorProto, held: np.ndarray | None, array: np.ndarray) -> bool:
+    """The tensor ``t`` written from ``array``'s twin (``held``, when it is held; else its
+    raw_data is) has the bytes of ``array`` (contiguous, of its dtype and shape)."""
+    if held is None:
+        return t.raw_data == array.tobytes()
+    return np.array_equal(held.reshape(-1).view(np.uint8), array.reshape(-1).view(np.uint8))
+
+
+def lower(lifted: Lifted, release: bool = False, blocks: list | None = None,
+          held: dict | None = None) -> onnx.ModelProto:
     """The ONNX model computing ``lifted.graph`` (see the module docstring).
 
     ``release``: drop each new conv's float64 kernel from the IR once its
     initializers are written (the IR cannot be lowered again afterwards).
     ``blocks``, a list, receives a :class:`Block` for each value a rewrite computes anew.
+    ``held``, a dict: the model's new initializers, and a light model's weights it keeps,
+    are held there instead of in the proto (see :func:`reparam.frontends.onnx_file.hold`),
+    for :func:`reparam.frontends.onnx.save` to write.
     """
     model, graph = lifted.model, lifted.graph
     g = model.graph
@@ -345,12 +361,15 @@ def lower(lifted: Lifted, release: bool = False, blocks: list | None = None) -> 
     for t in g.initializer:
         if t.name in used_after or t.name not in used_before or t.name in listed:
             if onnx_file.is_lazy(t):  # a light model's weight: written back in full
-                onnx_file.materialize(t, out.graph.initializer.add())
+                if held is None:
+                    onnx_file.materialize(t, out.graph.initializer.add())
+                else:
+                    onnx_file.hold_lazy(t, out.graph.initializer.add(), held)
             else:
                 out.graph.initializer.append(t)
     # equal new tensors are written once: (dtype, shape, crc32) -> the tensors written with
     # it (a checksum match is confirmed byte for byte)
-    made: dict[tuple, list[onnx.TensorProto]] = {}
+    made: dict[tuple, list[tuple]] = {}  # ... as (TensorProto, its array when held)
     same: dict[str, str] = {}
     for k, (name, src, dt) in enumerate(inits):
         inits[k] = None
@@ -360,11 +379,12 @@ def lower(lifted: Lifted, release: bool = False, blocks: list | None = None) -> 
         if name in used_after:
             array = np.asarray(array, dtype=np.dtype(dt).newbyteorder("<"), order="C")
             written = made.setdefault((array.dtype.str, array.shape, zlib.crc32(array.data)), [])
-            twin = next((t for t in written if t.raw_data == array.tobytes()), None)
+            twin = next((t for t, a in written if _same_bytes(t, a, array)), None)
             if twin is not None:
                 same[name] = twin.name
             else:
-                written.append(_add_initializer(out.graph, name, array))
+                t = _add_initializer(out.graph, name, array, held)
+                written.append((t, array if held is not None else None))  # (held anyway)
         del array
         if release and isinstance(src, tuple) and src[1] == "bias":  # its weight is written too
             src[0].attrs.pop("kernel")
