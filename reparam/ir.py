@@ -162,6 +162,7 @@ class Graph:
         self._head.prev = self._head.next = self._head
         self._count = 0
         self._mutations: dict[Node, list[tuple[int, str]]] = {}  # alias root -> (pos, name)
+        self.on_add = None  # called with every node :meth:`add` makes (see rewrite.run)
 
     # --- iteration --------------------------------------------------------------
     def __iter__(self) -> Iterator[Node]:
@@ -201,6 +202,8 @@ class Graph:
         self._count += 1
         if before is not None and not node.prev.order < node.order < before.order:
             self._renumber()  # the gap was too narrow for a float between
+        if self.on_add is not None:
+            self.on_add(node)
         return node
 
     def _renumber(self) -> None:

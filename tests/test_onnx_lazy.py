@@ -213,3 +213,30 @@ def test_held_weights_are_written_as_onnx_save_writes_them(exported, tmp_path, m
     for t, u in zip(back.graph.initializer, expected.graph.initializer):
         np.testing.assert_array_equal(onnx.numpy_helper.to_array(t), onnx.numpy_helper.to_array(u))
     assert all(onnx_file.is_held(t) for t in fused.graph.initializer if t.name in held)  # unchanged
+
+
+def test_folded_convs_are_settled_in_float32_during_the_rewrite(exported):
+    """A conv a fold makes that nothing linear borders is rounded to float32 at once
+    (reparam.rewrite.settle): a large model's float64 kernels do not pile up until it is
+    written (RepVGG-B3's CLI peak: 2.1x the file without, 1.4x with). Written bit for bit as
+    without it (also a random-graph property)."""
+    from unittest import mock
+
+    import reparam.rewrite
+    from reparam.frontends.onnx_lift import lift
+    from reparam.frontends.onnx_lower import lower
+    from reparam.rewrite import run
+
+    model = onnx.load(exported("torchscript", 0.5))
+    lifted = lift(model)
+    run(lifted.graph, default_rules())
+    new = [n for n in lifted.graph.nodes if n.op == "conv" and n.origin is None]
+    settled = [n for n in new if n.attrs["kernel"].weight.dtype == np.float32]
+    assert len(settled) > 10, (len(settled), len(new))  # (the others read or feed an Add)
+    assert all(n.attrs["refuse"].kind == "final" for n in settled)
+    with mock.patch.object(reparam.rewrite, "settle", lambda node: False):
+        plain = lift(model)
+        run(plain.graph, default_rules())
+    assert not any(n.attrs["kernel"].weight.dtype == np.float32 for n in plain.graph.nodes
+                   if n.op == "conv" and n.origin is None)
+    assert lower(lifted).SerializeToString() == lower(plain).SerializeToString()

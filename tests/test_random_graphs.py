@@ -514,8 +514,30 @@ def check_builders_agree(spec):
         assert close, (rel_err(o, r), rel_err(m, r), np.abs(o - r).max())
 
 
+def check_settling_changes_nothing(spec):
+    """Settling (float32 convs no rule can reach rounded during the rewrite, see
+    reparam.rewrite.settle) folds the same and writes the same bits as rounding when lowering,
+    on both frontends."""
+    from unittest import mock
+
+    import reparam.rewrite
+
+    model, proto = to_module(spec, torch.float32), to_onnx(spec)
+    fused, rep = reparam.fuse(model, report=True)
+    fused_onnx, rep_onnx = reparam.fuse(proto, report=True)
+    with mock.patch.object(reparam.rewrite, "settle", lambda node: False):
+        plain, rep_plain = reparam.fuse(model, report=True)
+        plain_onnx, rep_plain_onnx = reparam.fuse(proto, report=True)
+    assert rep.fired == rep_plain.fired and rep_onnx.fired == rep_plain_onnx.fired
+    assert fused.code == plain.code
+    a, b = fused.state_dict(), plain.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert fused_onnx.SerializeToString() == plain_onnx.SerializeToString()
+
+
 CHECKS = [check_fx_float64, check_fx_float32, check_fx_float16, check_fx_cost_and_idempotent,
-          check_onnx_float64, check_onnx_float32, check_onnx_float16, check_onnx_cost_and_idempotent]
+          check_onnx_float64, check_onnx_float32, check_onnx_float16, check_onnx_cost_and_idempotent,
+          check_settling_changes_nothing]
 
 
 # --- the properties ----------------------------------------------------------------------------------
@@ -558,6 +580,11 @@ def test_onnx_fused_float16_error_bound(spec):
 @given(graphs())
 def test_onnx_never_costlier_and_idempotent(spec):
     check_onnx_cost_and_idempotent(spec)
+
+
+@given(graphs())
+def test_settled_convs_are_written_as_they_would_be(spec):
+    check_settling_changes_nothing(spec)
 
 
 @given(graphs())
