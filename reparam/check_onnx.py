@@ -134,9 +134,12 @@ ULP_FLOOR = 8
 def _diff(a, b) -> float:
     """``max|a - b|``; a position holding the same value in both (the same infinity, or NaN
     in both) differs by 0, one where only one of them is finite or NaN by ``inf``."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    with np.errstate(invalid="ignore"):  # inf - inf
-        d = np.abs(a - b)
+    a, b = np.asarray(a), np.asarray(b)
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf
+        d = np.abs(np.subtract(a, b, dtype=np.float64))  # exact for float32 and float16
+    largest = float(d.max(initial=0))
+    if np.isfinite(largest):  # (NaN where both are the same infinity, or either is NaN)
+        return largest
     d[(a == b) | (np.isnan(a) & np.isnan(b))] = 0.0
     d[np.isnan(d)] = np.inf
     return float(d.max(initial=0))
@@ -144,6 +147,10 @@ def _diff(a, b) -> float:
 
 def _scale(a) -> float:
     """``max|a|`` over the finite values of ``a``."""
+    a = np.asarray(a)
+    largest = float(np.abs(a).max(initial=0))  # exact in a's own dtype
+    if np.isfinite(largest):
+        return largest
     a = np.abs(np.asarray(a, np.float64))
     return float(a[np.isfinite(a)].max(initial=0))
 

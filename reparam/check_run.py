@@ -54,32 +54,53 @@ def session(model, threads: int = 0):
 
 
 def _write_light(model: onnx.ModelProto, path: str) -> None:
-    """Write the light ``model`` as an ONNX file at ``path`` whose lazy initializers' values
-    (nudged where :func:`perturb` marked them) are in one external data file beside it,
-    one tensor at a time: the model's weights are never all in memory."""
+    """Write the light ``model`` as an ONNX file at ``path`` whose lazy initializers are
+    external data: those :func:`perturb` did not mark are read where they lie, in their own
+    file, through a hard link to it beside ``path`` (onnxruntime refuses a path out of the
+    model's folder, symbolic links included); the others (nudged), and all of them where
+    no link can be made (another file system), are written to one data file beside it, one
+    tensor at a time: the model's weights are never all in memory."""
     out = onnx.ModelProto()
     onnx_file.copy_fields(model, out, skip=("graph",))
     onnx_file.copy_fields(model.graph, out.graph, skip=("initializer",))
+    folder = os.path.dirname(path)
     data = os.path.basename(path) + ".data"
-    with open(os.path.join(os.path.dirname(path), data), "wb") as f:
+    links: dict[str, str | None] = {}  # source file -> its link's name (None: no link)
+    with open(os.path.join(folder, data), "wb") as f:
         for t in model.graph.initializer:
             if not onnx_file.is_lazy(t):
                 out.graph.initializer.append(t)
                 continue
-            value = _lazy_value(t)
-            f.seek(-f.tell() % 4096, os.SEEK_CUR)  # (aligned: onnxruntime may map it)
-            offset = f.tell()
-            f.write(np.ascontiguousarray(value, value.dtype.newbyteorder("<")).data)
+            source, offset, length, _ = onnx_file.where(t)
+            if source not in links:
+                links[source] = _link(source, folder, f"source{len(links)}.data")
+            if links[source] is not None and not any(e.key == NUDGE for e in t.external_data):
+                location = links[source]
+            else:
+                value = _lazy_value(t)
+                f.seek(-f.tell() % 4096, os.SEEK_CUR)  # (aligned: onnxruntime may map it)
+                location, offset = data, f.tell()
+                f.write(np.ascontiguousarray(value, value.dtype.newbyteorder("<")).data)
+                length = f.tell() - offset
+                del value
             n = out.graph.initializer.add()
             n.name, n.data_type = t.name, t.data_type
             n.dims.extend(t.dims)
             n.data_location = TensorProto.EXTERNAL
-            for key, v in (("location", data), ("offset", str(offset)),
-                           ("length", str(f.tell() - offset))):
+            for key, v in (("location", location), ("offset", str(offset)),
+                           ("length", str(length))):
                 e = n.external_data.add()
                 e.key, e.value = key, v
-            del value
     onnx.save(out, path)
+
+
+def _link(source: str, folder: str, name: str) -> str | None:
+    """``name``, a hard link in ``folder`` to the file ``source``; None where none can be made."""
+    try:
+        os.link(source, os.path.join(folder, name))
+    except OSError:
+        return None
+    return name
 
 
 def _lazy_value(t: TensorProto) -> np.ndarray:
@@ -160,8 +181,8 @@ def run_feeds(engine: str, model: onnx.ModelProto, names, feeds) -> list[dict]:
 def _nudged(array: np.ndarray, rng) -> np.ndarray:
     """``array`` with each element one unit in the last place up or down (at random)."""
     eps = np.finfo(array.dtype).eps
-    sign = rng.choice(np.array([-1.0, 1.0], dtype=array.dtype), array.shape)
-    return (array * (1 + eps * sign)).astype(array.dtype)
+    factors = np.array([1 - eps, 1 + eps], dtype=array.dtype)
+    return array * factors[rng.integers(0, 2, array.shape, dtype=np.uint8)]
 
 
 def perturb(model: onnx.ModelProto, seed: int = 0) -> onnx.ModelProto:

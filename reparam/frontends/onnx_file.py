@@ -252,7 +252,8 @@ def is_lazy(t: TensorProto) -> bool:
     return t.data_location == TensorProto.EXTERNAL and any(e.key == MARKER for e in t.external_data)
 
 
-def _where(t: TensorProto):
+def where(t: TensorProto):
+    """``(file, offset, length, data_location)`` of the lazy ``t``."""
     info = {e.key: e.value for e in t.external_data}
     return info["location"], int(info["offset"]), int(info["length"]), info[MARKER]
 
@@ -260,7 +261,7 @@ def _where(t: TensorProto):
 def _mapped(t: TensorProto, dtype: np.dtype) -> np.ndarray:
     """The bytes of the lazy ``t`` in its file, as a read-only 1-d array of ``dtype``: a view
     of the file's pages (mapped, not copied; unmapped with the last view)."""
-    path, offset, length, _ = _where(t)
+    path, offset, length, _ = where(t)
     start = offset - offset % mmap.ALLOCATIONGRANULARITY  # a mapping starts at a page
     with open(path, "rb") as f:
         if os.fstat(f.fileno()).st_size < offset + length:
@@ -296,7 +297,7 @@ def hold_lazy(t: TensorProto, dst: TensorProto, held: dict) -> None:
     """Make ``dst`` the original TensorProto of the lazy ``t``, held (see :func:`hold`): its
     bytes stay in the file's pages until they are written."""
     _copy_tensor_fields(t, dst, skip=("external_data", "data_location"))
-    location = _where(t)[3]
+    location = where(t)[3]
     if location:
         dst.data_location = int(location)
     hold(dst, _mapped(t, np.dtype(np.uint8)), held)
@@ -332,7 +333,7 @@ def fill(t: TensorProto, data) -> None:
 
 def materialize(t: TensorProto, dst: TensorProto) -> None:
     """Make ``dst`` the original TensorProto of the lazy ``t``, its bytes read from the file."""
-    path, offset, length, location = _where(t)
+    path, offset, length, location = where(t)
     _copy_tensor_fields(t, dst, skip=("external_data",))
     dst.ClearField("data_location")
     if location:
