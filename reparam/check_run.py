@@ -30,11 +30,15 @@ NUDGE = "__reparam_nudge__"
 def session(model, threads: int = 0):
     """An onnxruntime CPU session for ``model``: an ``onnx.ModelProto`` (a light one, or a
     large one, through files in a temporary folder) or the path of an ONNX file (read by
-    onnxruntime itself)."""
+    onnxruntime itself). Its graph optimizations are off: the model runs as it is written
+    (onnxruntime's own fusions, Conv+BatchNorm among them, would round the original as a
+    fold does), and the session is made in a fraction of the time (RepVGG-B3: 0.15 s
+    instead of 2.4 s)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
@@ -46,26 +50,35 @@ def session(model, threads: int = 0):
                                     providers=["CPUExecutionProvider"])
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "model.onnx")
+        values = {}
         if light:
-            _write_light(model, path)
+            values = _write_light(model, path)
         else:
             save(model, path, external=True)
-        return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        held = [(a, ort.OrtValue.ortvalue_from_numpy(a)) for a in values.values()]
+        for name, (_, v) in zip(values, held):
+            opts.add_initializer(name, v)  # (onnxruntime reads their memory: kept below)
+        s = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        s.held_values = held
+        return s
 
 
-def _write_light(model: onnx.ModelProto, path: str) -> None:
+def _write_light(model: onnx.ModelProto, path: str) -> dict:
     """Write the light ``model`` as an ONNX file at ``path`` whose lazy initializers are
-    external data: those :func:`perturb` did not mark are read where they lie, in their own
-    file, through a hard link to it beside ``path`` (onnxruntime refuses a path out of the
-    model's folder, symbolic links included); the others (nudged), and all of them where
-    no link can be made (another file system), are written to one data file beside it, one
-    tensor at a time: the model's weights are never all in memory."""
+    external data read where they lie, in their own file, through a hard link to it beside
+    ``path`` (onnxruntime refuses a path out of the model's folder, symbolic links
+    included). Returns the values of those :func:`perturb` marked, by name (nudged: for
+    the session to take in place of the file's, see :func:`session`). Where no link can be
+    made (another file system) the values are written to one data file beside it instead,
+    nudged ones included, one tensor at a time: the model's weights are never all in
+    memory."""
     out = onnx.ModelProto()
     onnx_file.copy_fields(model, out, skip=("graph",))
     onnx_file.copy_fields(model.graph, out.graph, skip=("initializer",))
     folder = os.path.dirname(path)
     data = os.path.basename(path) + ".data"
     links: dict[str, str | None] = {}  # source file -> its link's name (None: no link)
+    nudged: dict[str, np.ndarray] = {}
     with open(os.path.join(folder, data), "wb") as f:
         for t in model.graph.initializer:
             if not onnx_file.is_lazy(t):
@@ -74,8 +87,10 @@ def _write_light(model: onnx.ModelProto, path: str) -> None:
             source, offset, length, _ = onnx_file.where(t)
             if source not in links:
                 links[source] = _link(source, folder, f"source{len(links)}.data")
-            if links[source] is not None and not any(e.key == NUDGE for e in t.external_data):
+            if links[source] is not None:
                 location = links[source]
+                if any(e.key == NUDGE for e in t.external_data):
+                    nudged[t.name] = _lazy_value(t)
             else:
                 value = _lazy_value(t)
                 f.seek(-f.tell() % 4096, os.SEEK_CUR)  # (aligned: onnxruntime may map it)
@@ -92,6 +107,7 @@ def _write_light(model: onnx.ModelProto, path: str) -> None:
                 e = n.external_data.add()
                 e.key, e.value = key, v
     onnx.save(out, path)
+    return nudged
 
 
 def _link(source: str, folder: str, name: str) -> str | None:

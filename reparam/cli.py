@@ -214,7 +214,7 @@ def _run(args, out, shapes, checks, progress) -> int:
     from .frontends.onnx import fuse_model, load, save
     from .frontends.onnx_file import map_large_allocations, release_freed_memory
 
-    map_large_allocations()  # freed weights leave the process: peak memory stays near 2.5x
+    map_large_allocations()  # freed weights leave the process (and no huge pages: see there)
     progress("loading")
     original, external = load(args.input)
     if checks:

@@ -139,19 +139,33 @@ def test_folded_weights_are_freed_during_the_rewrite(exported):
     assert len(kernels) > 40 and not held, held
 
 
-@pytest.mark.parametrize("light", [False, True])
+@pytest.mark.parametrize("light", [False, "linked", "copied"])
 def test_check_of_a_light_model_passes_exact_folds_and_refuses_a_wrong_one(
         exported, tmp_path, monkeypatch, capsys, light):
     """The default check runs a large model's three onnxruntime sessions (original, nudged,
-    fused) from files holding its weights one tensor at a time; it passes an exact fold
-    and refuses one 0.1% off, as on a small model."""
-    from reparam import kernel
+    fused) on the weights in their files (through hard links, the nudged ones given to
+    onnxruntime from memory), or, where no link can be made, on copies written one tensor
+    at a time; it passes an exact fold and refuses one 0.1% off, as on a small model."""
+    from reparam import check_run, kernel
 
     path = exported("torchscript", 0.5)
+    nudged = []
     if light:
         monkeypatch.setattr(O, "LAZY_FILE_BYTES", 0)
         assert any(onnx_file.is_lazy(t) for t in O.load(path)[0].graph.initializer)
+        if light == "copied":
+            monkeypatch.setattr(check_run, "_link", lambda *args: None)
+        write = check_run._write_light
+
+        def spy(model, at):
+            values = write(model, at)
+            nudged.append(len(values))
+            return values
+        monkeypatch.setattr(check_run, "_write_light", spy)
     assert cli.main([path, str(tmp_path / "a.onnx"), "-q"]) == 0
+    if light:  # the original, nudged and fused models' sessions
+        assert nudged == ([0, 0, 0] if light == "copied" else [0, nudged[1], 0]) and \
+            (light == "copied" or nudged[1] > 10)
     exact = kernel.add
 
     def off(*convs):
