@@ -18,6 +18,13 @@ PAD0 = dict(pads=((0, 0), (0, 0)), functional=False)
 RELU = dict(fn="relu", functional=False)
 BN = dict(eps=float(np.float32(1e-5)), var="normal", affine=True)
 
+#: see REGRESSIONS["augmented_read_only_by_a_dead_identity"]
+AUGMENTED_DEAD_READ = Spec(shape=(1, 2, 3, 3), outputs=(3,), ops=(
+    Op("conv", (0,), conv(2)),
+    Op("conv", (0,), conv(2)),
+    Op("add", (1, 2), dict(spelling="augmented")),
+    Op("identity", (1,), {})))
+
 REGRESSIONS = {
     # fx: a zero pad (and a scale, a pool) has no parameters, so the IR node lifted from it had
     # no dtype; the conv merged from it (pad(x) + x) was built in float32 inside a float64
@@ -338,6 +345,11 @@ REGRESSIONS = {
         Op("add", (1, 2)),
         Op("add", (6, 5))),
     ),
+    # fx, fuse twice != once (thorough profile): a = c1(x); a += c2(x); identity(a): the read
+    # of a after the assignment kept it in place; the rewrite then removed the unused identity,
+    # so fusing the result again made it a sum and merged the convs. Fixed in
+    # frontends/fx.py (fuse_traced): a result that keeps augmented assignments is fused again.
+    "augmented_read_only_by_a_dead_identity": AUGMENTED_DEAD_READ,
 }
 
 
@@ -373,6 +385,9 @@ FOLD_REGRESSIONS = {
         Op("add", (2, 4), dict(spelling="augmented")),
         Op("add", (3, 5))),
     ), {"conv": 2, "act": 1}),
+    # fx: the same graph as REGRESSIONS["augmented_read_only_by_a_dead_identity"], whose first
+    # pass kept both convs
+    "augmented_read_only_by_a_dead_identity": (AUGMENTED_DEAD_READ, {"conv": 1}),
 }
 
 

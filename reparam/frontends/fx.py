@@ -21,7 +21,7 @@ from torch import fx, nn
 
 from .fx_copy import copy_model
 from .fx_effects import analyse
-from .fx_inplace import InplaceProxy, pure_assignments
+from .fx_inplace import AUGMENTED_OPS, InplaceProxy, pure_assignments
 from .fx_lift import lift
 from .fx_lower import lower
 from .fx_traced import Traced
@@ -321,8 +321,36 @@ def unfusable(model: nn.Module) -> str | None:
     return None
 
 
+#: at most this many more passes over a result that keeps augmented assignments
+_MORE_PASSES = 3
+
+
 def fuse_traced(traced: Traced, rules, runs, class_name: str):
-    """Type, lift, rewrite and lower one traced module; returns ``(GraphModule, Report)``."""
+    """Type, lift, rewrite and lower one traced module; returns ``(GraphModule, Report)``.
+
+    An augmented assignment that something reads the old tensor after (or an alias of it)
+    stays the in-place call it is (see :func:`pure_assignments`); when the rewrite removed
+    that read (a dead identity, a folded layer), the result is fused again, so that
+    ``fuse(fuse(m))`` is ``fuse(m)``.
+    """
+    fused, report = _fuse_once(traced, rules, runs, class_name)
+    for _ in range(_MORE_PASSES):
+        if not any(n.op == "call_function" and n.target in AUGMENTED_OPS
+                   for n in fused.graph.nodes):
+            break
+        again, more = _fuse_once(Traced(fused, fused.graph, rebuilt=False), rules, runs,
+                                 class_name)
+        if again.code == fused.code:
+            break
+        fused = again
+        report.fired.update(more.fired)
+        report.refused, report.kept, report.after = more.refused, more.kept, more.after
+        report.notes += [n for n in more.notes if n not in report.notes]
+        report.seconds += more.seconds
+    return fused, report
+
+
+def _fuse_once(traced: Traced, rules, runs, class_name: str):
     from ..rewrite import run
 
     types = propagate(traced, runs)

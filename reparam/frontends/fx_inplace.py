@@ -43,6 +43,9 @@ def _augmented(op):
 for _name, _op in _AUGMENTED.items():
     setattr(InplaceProxy, f"__{_name}__", _augmented(_op))
 
+#: the in-place operators that augmented assignments are traced as
+AUGMENTED_OPS = frozenset(_AUGMENTED.values())
+
 
 def pure_assignments(graph: fx.Graph, types, effects) -> int:
     """Replace ``operator.iadd(a, b)`` (``isub``, ``imul``, ``itruediv``) by ``a + b`` (...)
