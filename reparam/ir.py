@@ -4,7 +4,8 @@ A :class:`Graph` holds :class:`Node` in topological order (a linked list: a
 rewrite inserts and removes in constant time). A node is one value: its ``op``
 says what it computes, ``inputs`` the nodes it reads (in order), ``attrs`` the
 op's data in framework-neutral form (numpy float64 arrays,
-:class:`reparam.kernel.Conv`), ``type`` the :class:`TensorType` of its value
+:class:`reparam.kernel.Conv`, whose weight may be float32: as read, or settled, see
+:func:`reparam.rewrite.settle`), ``type`` the :class:`TensorType` of its value
 (None where it is not a tensor or the frontend could not tell), and ``origin``
 a frontend handle. Passes read types, never guess them, and never see torch or
 onnx objects: dtypes and devices are strings.

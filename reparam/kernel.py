@@ -1,6 +1,7 @@
 """Kernel algebra: exact re-parameterization of linear layers as convolutions.
 
-Pure numpy, float64; imports neither torch nor onnx. Every layer that a rewrite
+Pure numpy, float64 (a :class:`Conv` may hold a float32 or float16 weight as it is
+given; every operation computes with it in float64); imports neither torch nor onnx. Every layer that a rewrite
 folds is first written as a :class:`Conv` in canonical form::
 
     y[n, o, i] = bias[o] + sum_{c in group(o), t} weight[o, c', t] * xpad[n, c, s*i + d*t]
