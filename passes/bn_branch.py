@@ -7,12 +7,14 @@ from .common import add_leaves, add_root, bn_kernel, new_conv
 
 
 def _reads(node, source) -> bool:
-    """``node`` is ``source`` or a conv/BN branch reading it (possibly through a conv->BN pair)."""
+    """``node`` is ``source`` or a conv/BN branch reading it (possibly through a conv->BN or
+    conv->conv pair whose first conv nothing else reads: only then is the pair one branch)."""
     if node is source:
         return True
     if node.op in ("conv", "bn"):
         i = node.inputs[0]
-        return i is source or (i.op == "conv" and i.inputs[0] is source)
+        return i is source or (i.op == "conv" and i.inputs[0] is source
+                               and len(i.data_users) == 1)
     return False
 
 

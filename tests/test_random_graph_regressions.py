@@ -350,6 +350,21 @@ REGRESSIONS = {
     # so fusing the result again made it a sum and merged the convs. Fixed in
     # frontends/fx.py (fuse_traced): a result that keeps augmented assignments is fused again.
     "augmented_read_only_by_a_dead_identity": AUGMENTED_DEAD_READ,
+    # ONNX, fuse twice != once (thorough profile): pass 1 left 2*x in a sum (a coefficient,
+    # written as Mul); pass 2 lifted that Mul as a BatchNorm-like affine and made it a conv
+    # beside conv(avgpool(x)), taking the pair for one branch although the avgpool is also
+    # read elsewhere (so no merge followed). Fixed in passes/bn_branch.py: a conv->conv pair
+    # is one branch only when nothing else reads its first conv.
+    "scaled_input_beside_a_shared_pool": Spec(shape=(1, 2, 3, 3), outputs=(7, 8), ops=(
+        Op("conv", (0,), conv(2)),
+        Op("affine", (1,), dict(op="mul", shape="spatial", const_first=False)),
+        Op("avgpool", (0,), dict(k=(1, 1), stride=(1, 1), pad=(0, 0), count_include_pad=False)),
+        Op("add", (0, 3), dict(spelling="torch", alpha=2.0)),
+        Op("add", (2, 4), dict(spelling="augmented")),
+        Op("add", (0, 2)),
+        Op("add", (6, 3)),
+        Op("add", (3, 0))),
+    ),
 }
 
 
