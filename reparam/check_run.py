@@ -195,10 +195,18 @@ def run_feeds(engine: str, model: onnx.ModelProto, names, feeds) -> list[dict]:
 
 
 def _nudged(array: np.ndarray, rng) -> np.ndarray:
-    """``array`` with each element one unit in the last place up or down (at random)."""
+    """``array`` with each element multiplied by ``1 - eps`` or ``1 + eps`` (at random, in
+    its own dtype): moved by one or two units in the last place, down or up. (The random
+    choices are bits of random bytes, one per element: for the 123 M weights of RepVGG-B3
+    that is a quarter of the time of drawing one integer per element.)"""
     eps = np.finfo(array.dtype).eps
-    factors = np.array([1 - eps, 1 + eps], dtype=array.dtype)
-    return array * factors[rng.integers(0, 2, array.shape, dtype=np.uint8)]
+    up = np.unpackbits(np.frombuffer(rng.bytes(-(-array.size // 8)), np.uint8),
+                       count=array.size).reshape(array.shape)
+    factors = up.astype(array.dtype)
+    factors *= 2 * eps
+    factors += 1 - eps  # exactly 1 - eps or 1 + eps
+    factors *= array
+    return factors
 
 
 def perturb(model: onnx.ModelProto, seed: int = 0) -> onnx.ModelProto:

@@ -290,6 +290,36 @@ def test_exact_fold_of_an_ill_conditioned_model_is_not_refused(capsys, tmp_path)
     assert own > 1e-4
 
 
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_perturb_moves_every_float_weight_by_one_relative_eps(dtype):
+    """The check's noise model: each float initializer (and Constant) element is multiplied
+    by ``1 - eps`` or ``1 + eps`` in its own dtype, both directions about equally often;
+    integer tensors stay as they are."""
+    from reparam.check_run import perturb
+
+    w = RNG(0).standard_normal((64, 3, 3, 3)).astype(dtype)
+    w[0] = 0
+    ints = np.arange(4, dtype=np.int64)
+    model = make([helper.make_node("Conv", ["x", "w"], ["y"]),
+                  helper.make_node("Constant", [], ["c"], value=tensor("c", w[1:2], dtype))],
+                 [vi("x", [1, 3, 8, 8])], [vi("y", [1, 64, 6, 6])],
+                 [tensor("w", w, dtype), tensor("i", ints, np.int64)])
+    perturb(model, seed=3)
+    got = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    eps = np.finfo(dtype).eps
+    assert got["w"].dtype == dtype and np.array_equal(got["i"], ints)
+    assert not got["w"][0].any()  # zero stays zero
+    # x * (1 +- eps) rounds to x moved by one or two units in the last place: a relative
+    # change between eps / 2 and 2 eps, never zero
+    change = got["w"][1:].astype(np.float64) / w[1:].astype(np.float64) - 1
+    assert (np.abs(change) >= eps / 2).all() and (np.abs(change) <= 2 * eps).all()
+    up = change > 0
+    assert 0.4 < up.mean() < 0.6
+    assert np.array_equal(got["w"][1:], w[1:] * np.where(up, dtype(1 + eps), dtype(1 - eps)))
+    constant = numpy_helper.to_array(model.graph.node[1].attribute[0].t)
+    assert not np.array_equal(constant, w[1:2])
+
+
 def test_topk_after_a_fold_may_reorder_ties(capsys, tmp_path):
     """Two channels equal but for rounding (a 3x3 plus a 1x1 conv; the second channel's 1x1
     already added into its 3x3), then TopK over them: the original's float32 rounding picks
