@@ -83,6 +83,23 @@ def combined_terms(root: Node) -> list[tuple[Node, float]]:
     return list(coeffs.items())
 
 
+def moved_read_mutator(graph: Graph, root: Node) -> str | None:
+    """Why flattening the Add tree under ``root`` would change what it computes, or None.
+
+    A sum rebuilt from the tree's terms reads them all at ``root``; an operand of an inner
+    Add was read earlier, at that Add. Something that may change it in place between the two
+    reads (``a = b + c; d = a + e; a.relu_(); f = d + x``) makes the moved read see other
+    contents.
+    """
+    for inner in add_tree(root)[1:]:
+        for i in inner.inputs:
+            mutator = graph.mutation_between(i, inner.pos, root.pos)
+            if mutator is not None:
+                return (f"{mutator} may change {i.name} in place between its reads by "
+                        f"{inner.name} and {root.name}")
+    return None
+
+
 def add_leaves(root: Node) -> list[Node]:
     """Operands of the Add tree under ``root`` (see :func:`add_terms`)."""
     return [n for n, _ in add_terms(root)]

@@ -10,8 +10,8 @@ from reparam.ir import PURE_OPS, Node
 from reparam.kernel import Conv, Refusal
 from reparam.rewrite import rule
 
-from .common import (add_coeffs, add_tree, combined_terms, conv_kernel, is_inner_add, new_conv,
-                     node_cost, other_users, runs_per_output)
+from .common import (add_coeffs, add_tree, combined_terms, conv_kernel, is_inner_add,
+                     moved_read_mutator, new_conv, node_cost, other_users, runs_per_output)
 
 
 @dataclass
@@ -115,8 +115,9 @@ def merge_parallel_branches(graph, add):
     :func:`reparam.kernel.add` (aligned centres, mixed sizes, groups and
     dilations brought to their gcd): exact when strides and reaches agree.
     Refused when a branch's output is read outside the sum, when a branch
-    passes through a non-linear op, or when the merged conv would cost more
-    than the branches and Adds it replaces.
+    passes through a non-linear op, when the merged conv would cost more
+    than the branches and Adds it replaces, or when flattening the tree would
+    move a read past an in-place change (:func:`~.common.moved_read_mutator`).
     """
     if is_inner_add(add):
         return None
@@ -133,6 +134,9 @@ def merge_parallel_branches(graph, add):
         if not merged:
             refusal = refusal or merged
             continue
+        mutator = moved_read_mutator(graph, add)
+        if mutator is not None:
+            return Refusal("effects", mutator)
         main = max((b for b in branches if b.kernel is not None), key=lambda b: b.cost.macs).leaf
         readers = [n for b in branches for n in b.chain] + [add]
         folded = [(n, n is b.leaf) for b in branches for n in b.chain]

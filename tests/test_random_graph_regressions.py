@@ -365,6 +365,22 @@ REGRESSIONS = {
         Op("add", (6, 3)),
         Op("add", (3, 0))),
     ),
+    # fx, wrong output (thorough profile, float16): s = x*c + conv(relu(x)); t = s + bn(conv(x));
+    # relu_(s); out = x + t: merging conv(x) + x rebuilt the sum at out as merged(x) + s, reading
+    # s after relu_ changed it (t had read it before). Fixed in passes/parallel_add.py: a sum is
+    # not flattened across an in-place change of an operand (common.moved_read_mutator).
+    "flattened_sum_read_past_an_inplace_relu": Spec(shape=(1, 2, 3, 3), outputs=(8, 9, 10), ops=(
+        Op("affine", (0,), dict(op="mul", shape="c11", const_first=False)),
+        Op("act", (0,), RELU),
+        Op("conv", (2,), conv(2)),
+        Op("conv", (0,), conv(2)),
+        Op("bn", (4,), BN),
+        Op("add", (1, 3)),
+        Op("add", (6, 5)),
+        Op("add", (6, 0)),
+        Op("act", (6,), dict(RELU, inplace=True)),
+        Op("add", (0, 7))),
+    ),
 }
 
 

@@ -333,6 +333,38 @@ def test_inplace_activation_after_a_block_still_folds():
     assert len(convs(fused)) == 2 and not bns(fused)
 
 
+class InPlaceOnAPartialSum(nn.Module):
+    """``s = a(relu(x)) + x/2; t = s + b(x); s.relu_(); out = t + x``: merging ``b(x) + x``
+    rebuilds the sum as ``merged(x) + s`` at ``out``, reading ``s`` after ``relu_`` changed it
+    (``t`` read it before)."""
+
+    def __init__(self, how, c=6):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(c, c, 3, padding=1), nn.Sequential(nn.Conv2d(c, c, 1), bn(c))
+        self.how = how
+
+    def forward(self, x):
+        s = self.a(torch.relu(x)) + x * 0.5
+        t = s + self.b(x)
+        self.how(s)
+        return t + x
+
+
+@pytest.mark.parametrize("how", INPLACE, ids=INPLACE_IDS)
+def test_flattened_sums_never_read_past_an_inplace_op(how):
+    fused, report = check(InPlaceOnAPartialSum(how).double().eval(), X)
+    assert not bns(fused)  # the BN still folds into its conv
+    assert not report.fired.get("merge_parallel_branches")  # the rebuilt sum would read s late
+    assert any(r.kind == "effects" and r.rule == "merge_parallel_branches"
+               for r in report.refused), report.details()
+
+
+def test_flattened_sum_without_an_inplace_op_merges():
+    fused, report = check(InPlaceOnAPartialSum(lambda s: s).double().eval(), X)
+    assert len(convs(fused)) == 2 and not bns(fused)
+    assert report.fired.get("merge_parallel_branches"), report.details()
+
+
 class Augmented(nn.Module):
     """``a = bn(conv(x)); a op= bn(conv1x1(x))``, with a view of ``a`` taken before the
     assignment and read after it when ``view`` (the view sees the change)."""
