@@ -365,6 +365,33 @@ def test_flattened_sum_without_an_inplace_op_merges():
     assert report.fired.get("merge_parallel_branches"), report.details()
 
 
+class NoOpAffineBeforeAnInplaceOp(nn.Module):
+    """``y = x * 1`` is a copy of ``x``; ``x`` then changes in place: ``y`` is not ``x``."""
+
+    def __init__(self, how, c=6):
+        super().__init__()
+        self.c, self.how = nn.Conv2d(c, c, 1), how
+        self.register_buffer("one", torch.ones(c, 1, 1))
+
+    def forward(self, x):
+        x = self.c(x) - 0.5
+        y = x * self.one
+        self.how(x)
+        return torch.cat([y, x], 1)
+
+
+@pytest.mark.parametrize("how", INPLACE, ids=INPLACE_IDS)
+def test_noop_affine_is_kept_when_its_input_changes_later(how):
+    fused, report = check(NoOpAffineBeforeAnInplaceOp(how).double().eval(), X)
+    assert any(r.kind == "effects" and r.rule == "drop_noop_affine"
+               for r in report.refused), report.details()
+
+
+def test_noop_affine_is_dropped():
+    fused, report = check(NoOpAffineBeforeAnInplaceOp(lambda x: x).double().eval(), X)
+    assert report.fired.get("drop_noop_affine"), report.details()
+
+
 class Augmented(nn.Module):
     """``a = bn(conv(x)); a op= bn(conv1x1(x))``, with a view of ``a`` taken before the
     assignment and read after it when ``view`` (the view sees the change)."""
