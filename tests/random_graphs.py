@@ -83,7 +83,8 @@ class Op:
     ``avgpool``: k, stride, pad (per dimension), count_include_pad
     ``pad``: pads, functional (torch: F.pad; ONNX: Pad with axes)
     ``affine``: op (one of :data:`AFFINE_OPS`), shape (one of :data:`CONST_SHAPES`), const_first;
-    optionally spelling='method_' (``x.mul_(c)``) | 'augmented' (``x *= c``) (in place)
+    optionally spelling='method_' (``x.mul_(c)``) | 'augmented' (``x *= c``) (in place), and
+    noop=True (the constant all 1 for mul, all 0 for add and sub: ``x * 1`` is a copy of ``x``)
     ``identity``; ``sum`` (n inputs); ``concat`` (n inputs)
     ``add``, ``sub`` (two inputs): optionally spelling='torch' (``torch.add(a, b)``) | 'method'
     (``a.add(b)``) | 'method_' (``a.add_(b)``) | 'augmented' (``a += b``), and alpha (a number:
@@ -294,6 +295,8 @@ def _params(op: Op, shape, rng) -> dict:
                 "bias": _f32(0.3 * rng.standard_normal(cin)) if a["affine"] else np.zeros(cin)}
     if op.kind == "affine":
         n = const_shape(a["shape"], shape) or (1,)
+        if a.get("noop"):  # x * 1, x / 1, x + 0, x - 0: a copy of x
+            return {"value": np.full(n, 1.0 if a["op"] in ("mul", "div") else 0.0)}
         sign = np.where(rng.random(n) < 0.3, -1.0, 1.0)
         return {"value": _f32(sign * rng.uniform(0.5, 2.0, n))}
     return {}
@@ -415,6 +418,8 @@ def _affine(draw, draft, src, codes=CONST_SHAPES, in_place=("method_", "augmente
     code = draw(st.sampled_from([c for c in codes if broadcasts(c, draft.shapes[src])]))
     const_first = op != "div" and draw(st.booleans())
     attrs = dict(op=op, shape=code, const_first=const_first)
+    if op != "div" and _rarely(draw, True, False):
+        attrs["noop"] = True
     if in_place and not const_first and code != "11111" and draft.changeable(src):
         spelling = _rarely(draw, draw(st.sampled_from(in_place)))
         attrs.update({"spelling": spelling} if spelling else {})
